@@ -1,0 +1,46 @@
+# One entry point for people and CI. `make demo` runs the main DAG against the local sandbox;
+# `make test` installs everything and runs lint, types and every test (what .ci/run calls).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(PYTHON) -m uv
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup lint test test-fast demo sandbox lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) venv -q --allow-existing --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
+	@touch $@
+
+setup: $(STAMP) ## Create .venv/ with the locked versions and the provider installed (editable).
+
+lint: setup ## ruff (incl. Airflow AIR rules) and mypy --strict.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint ## Everything: lint, unit tests and the slow end-to-end tests.
+	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+test-fast: setup ## Unit tests only (no real Airflow runs, no PostgreSQL).
+	@rc=0; $(BIN)/pytest -m "not slow" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+demo: setup ## Run coinstats_portfolio_sync twice against the local sandbox and SQLite.
+	$(BIN)/python -m include.demo
+
+sandbox: setup ## Start the local CoinStats sandbox on http://127.0.0.1:8765 (Ctrl-C stops it).
+	$(BIN)/python -m include.coinstats_sandbox --port 8765
+
+lock: ## Re-resolve requirements.lock from requirements-dev.in (needs the package registry).
+	$(UV) pip compile requirements-dev.in --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache

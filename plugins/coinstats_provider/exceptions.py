@@ -1,0 +1,133 @@
+"""Exceptions raised by the CoinStats provider.
+
+Every exception carries a ``retryable`` flag: operators turn non-retryable errors into
+``AirflowFailException`` so Airflow task retries never spend credits on a request that cannot succeed.
+Messages name the cause and the fix; they never contain a credential, a header or a raw response body.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class CoinStatsError(AirflowException):
+    """Base class of every CoinStats provider error."""
+
+    retryable: bool = False
+
+
+class CoinStatsConfigError(CoinStatsError):
+    """An Airflow connection or argument is invalid; detected locally, before any credit is spent."""
+
+
+class CoinStatsValidationError(CoinStatsConfigError):
+    """Exchange credentials do not match what ``GET /exchange/support`` requires for that exchange."""
+
+
+class CoinStatsCreditBudgetExceeded(CoinStatsError):
+    """The next call would exceed the configured credit budget; it was not sent."""
+
+
+class CoinStatsTransportError(CoinStatsError):
+    """Connection error, reset or timeout that persisted through every retry."""
+
+    retryable = True
+
+
+class CoinStatsResponseError(CoinStatsError):
+    """CoinStats answered 2xx with a body that is not what the contract documents."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class CoinStatsAPIError(CoinStatsError):
+    """CoinStats answered with an HTTP error status.
+
+    :param status_code: HTTP status code.
+    :param message: CoinStats' ``message`` field, already redacted.
+    :param request_id: CoinStats' ``requestId``, to quote to CoinStats support.
+    :param path: The API path that failed.
+    :param hint: What the user can do about it.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        request_id: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.http_status = status_code
+        self.api_message = message
+        self.request_id = request_id
+        self.path = path
+        self.hint = hint
+        parts = [f"CoinStats API error {status_code}"]
+        if path:
+            parts.append(f" on {path}")
+        parts.append(f": {message or '(no message)'}")
+        if request_id:
+            parts.append(f" (requestId {request_id})")
+        if hint:
+            parts.append(f". {hint}")
+        super().__init__("".join(parts))
+
+
+class CoinStatsBadRequestError(CoinStatsAPIError):
+    """400: bad parameters or request format."""
+
+
+class CoinStatsAuthError(CoinStatsAPIError):
+    """401 not attributable to a specific credential."""
+
+
+class CoinStatsInvalidApiKeyError(CoinStatsAuthError):
+    """401: the CoinStats API key itself is invalid or missing."""
+
+
+class CoinStatsExchangeCredentialsError(CoinStatsAuthError):
+    """401: CoinStats accepted the API key but the exchange rejected the exchange credentials."""
+
+
+class CoinStatsPermissionError(CoinStatsAPIError):
+    """403: the API key's plan does not allow this endpoint."""
+
+
+class CoinStatsNotFoundError(CoinStatsAPIError):
+    """404: the portfolio or resource does not exist for this API key."""
+
+
+class CoinStatsCreditsExhaustedError(CoinStatsAPIError):
+    """406 (or 402, or a 429 whose message is about credits): the account has no credits left."""
+
+
+class CoinStatsConflictError(CoinStatsAPIError):
+    """409: e.g. transactions are not synced yet."""
+
+
+class CoinStatsRateLimitError(CoinStatsAPIError):
+    """429 rate limit that persisted through every retry."""
+
+    retryable = True
+
+
+class CoinStatsServerError(CoinStatsAPIError):
+    """5xx that persisted through every retry (or a 5xx that is never transient, such as 501)."""
+
+    retryable = True
+
+
+class CoinStatsSyncTimeout(CoinStatsError):
+    """A portfolio sync did not reach ``synced`` before its deadline."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Tell whether an Airflow task retry could help after ``exc``.
+
+    :param exc: The exception raised by a hook call.
+    """
+    return bool(getattr(exc, "retryable", False))

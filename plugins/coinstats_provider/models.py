@@ -1,0 +1,60 @@
+"""Typed results returned by :class:`~coinstats_provider.hooks.CoinStatsHook`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ConnectStatus(StrEnum):
+    """``status`` of ``POST /portfolio/exchange``; both values mean success."""
+
+    CONNECTED = "connected"
+    EXISTING = "existing"
+
+
+class SyncStatus(StrEnum):
+    """``status`` of ``GET /portfolio/status``."""
+
+    SYNCING = "syncing"
+    SYNCED = "synced"
+
+
+@dataclass(frozen=True)
+class SupportedExchange:
+    """One entry of ``GET /exchange/support``.
+
+    :param connection_id: CoinStats exchange id, e.g. ``binance``.
+    :param name: Display name.
+    :param field_keys: Keys required inside ``connectionFields``, e.g. ``("apiKey", "apiSecret")``.
+    :param field_labels: Display label per key.
+    """
+
+    connection_id: str
+    name: str
+    field_keys: tuple[str, ...]
+    field_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """Result of ``POST /portfolio/exchange``.
+
+    :param portfolio_id: CoinStats portfolio id (opaque string).
+    :param connection_id: CoinStats exchange id the portfolio belongs to.
+    :param status: ``connected`` (new portfolio) or ``existing``.
+    """
+
+    portfolio_id: str
+    connection_id: str
+    status: ConnectStatus
+
+
+@dataclass(frozen=True)
+class CreditUsage:
+    """Result of ``GET /usage/credits`` for the current billing period."""
+
+    total_credits: float
+    used_credits: float
+    remaining_credits: float
+    subscription: str

@@ -1,0 +1,127 @@
+"""Shared fixtures. Airflow settings are set before Airflow is imported anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = ROOT / ".airflow" / "pytest"
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+
+import pytest  # noqa: E402
+
+BASE_URL = "https://openapiv1.coinstats.app"
+
+#: Unique canary values: if one of them shows up in a log, XCom, exception or table, a secret leaked.
+CANARIES = {
+    "api_key": "CANARY-API-KEY-7f3a9c1e5b",
+    "exchange_key": "CANARY-EXCHANGE-KEY-2d8b4f6a",
+    "exchange_secret": "CANARY-EXCHANGE-SECRET-9e1c3a7d",
+    "passphrase": "CANARY-PASSPHRASE-5a2e8c4b",
+}
+
+SUPPORT = [
+    {
+        "connectionId": "binance",
+        "name": "Binance",
+        "icon": "https://static.coinstats.app/portfolio_images/binance_dark.png",
+        "connectionFields": [{"name": "API Key", "key": "apiKey"}, {"name": "API Secret", "key": "apiSecret"}],
+    },
+    {
+        "connectionId": "okx",
+        "name": "OKX",
+        "icon": "https://static.coinstats.app/portfolio_images/okx_dark.png",
+        "connectionFields": [
+            {"name": "API Key", "key": "apiKey"},
+            {"name": "API Secret", "key": "apiSecret"},
+            {"name": "Passphrase", "key": "passphrase"},
+        ],
+    },
+    {
+        "connectionId": "kraken",
+        "name": "Kraken",
+        "icon": "https://static.coinstats.app/portfolio_images/kraken_dark.png",
+        "connectionFields": [{"name": "API Key", "key": "apiKey"}, {"name": "API Secret", "key": "apiSecret"}],
+    },
+]
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any) -> None:
+    """Define an Airflow connection through its ``AIRFLOW_CONN_<ID>`` JSON environment variable."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_support_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from coinstats_provider import hooks
+
+    monkeypatch.setenv("COINSTATS_CACHE_DIR", str(tmp_path / "cache"))
+    hooks._SUPPORT_CACHE.clear()
+    yield
+    hooks._SUPPORT_CACHE.clear()
+
+
+@pytest.fixture
+def coinstats_conn(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Factory for the ``coinstats_default`` connection (fast retries, canary API key)."""
+
+    def make(conn_id: str = "coinstats_default", **overrides: Any) -> None:
+        fields: dict[str, Any] = {
+            "conn_type": "coinstats",
+            "password": CANARIES["api_key"],
+            "extra": {"backoff_base": 0, "backoff_max": 0, "max_retries": 3, "timeout": 5},
+        }
+        fields.update(overrides)
+        set_connection(monkeypatch, conn_id, **fields)
+
+    make()
+    return make
+
+
+@pytest.fixture
+def exchange_conn(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Factory for ``coinstats_exchange`` connections carrying canary credentials."""
+
+    def make(conn_id: str, connection_id: str = "binance", **extra: Any) -> None:
+        set_connection(
+            monkeypatch,
+            conn_id,
+            conn_type="coinstats_exchange",
+            login=CANARIES["exchange_key"],
+            password=CANARIES["exchange_secret"],
+            extra={"connection_id": connection_id, **extra},
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """An initialised Airflow metadata DB (SQLite) for ``dag.test()`` runs."""
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return AIRFLOW_HOME / "airflow.db"
+
+
+def assert_no_canary(*texts: object) -> None:
+    """Fail if any canary secret appears in any of ``texts``."""
+    for text in texts:
+        rendered = text if isinstance(text, str) else repr(text)
+        for name, value in CANARIES.items():
+            assert value not in rendered, f"canary {name} leaked"
