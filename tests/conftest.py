@@ -20,7 +20,10 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME}/a
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
+import structlog  # noqa: E402
 
 BASE_URL = "https://openapiv1.coinstats.app"
 
@@ -125,3 +128,33 @@ def assert_no_canary(*texts: object) -> None:
         rendered = text if isinstance(text, str) else repr(text)
         for name, value in CANARIES.items():
             assert value not in rendered, f"canary {name} leaked"
+
+
+def _render(_logger: Any, _method: str, event_dict: dict[str, Any]) -> str:
+    event = str(event_dict.pop("event", ""))
+    rest = " ".join(f"{key}={value!r}" for key, value in sorted(event_dict.items()))
+    return f"{event} {rest}".strip()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Route Airflow's structlog output into stdlib logging at DEBUG, unmasked, so caplog sees every line.
+
+    Airflow's secret masker is left out on purpose: the code itself must not log a secret.
+    """
+    old = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.processors.format_exc_info, _render],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    caplog.set_level(logging.DEBUG)
+    # Airflow's logging config pins some loggers (e.g. airflow.task) at INFO; lower them for this test.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level > logging.DEBUG:
+            caplog.set_level(logging.DEBUG, logger=name)
+    try:
+        yield caplog
+    finally:
+        structlog.configure(**old)

@@ -62,9 +62,7 @@ class ExchangeAccount:
             )
         missing = [key for key in exchange.field_keys if not self.credentials.get(key)]
         if missing:
-            where = "; ".join(
-                f"'{key}' in {FIELD_LOCATIONS.get(key, f'extra key {key!r}')}" for key in missing
-            )
+            where = "; ".join(f"'{key}' in {FIELD_LOCATIONS.get(key, f'extra key {key!r}')}" for key in missing)
             raise CoinStatsValidationError(
                 f"Exchange connection '{self.conn_id}' lacks field(s) that CoinStats requires for "
                 f"'{exchange.connection_id}': {', '.join(missing)}. Set {where}. Nothing was connected."
@@ -97,9 +95,7 @@ class CoinStatsExchangeHook(BaseHook):
     conn_type = "coinstats_exchange"
     hook_name = "CoinStats exchange account"
 
-    def __init__(
-        self, exchange_conn_id: str = default_conn_name, coinstats_conn_id: str | None = None
-    ) -> None:
+    def __init__(self, exchange_conn_id: str = default_conn_name, coinstats_conn_id: str | None = None) -> None:
         super().__init__()
         self.exchange_conn_id = exchange_conn_id
         self.coinstats_conn_id = coinstats_conn_id
@@ -108,9 +104,7 @@ class CoinStatsExchangeHook(BaseHook):
         """Return the account (see :meth:`get_account`)."""
         return self.get_account()
 
-    def get_account(
-        self, connection_id: str | None = None, portfolio_name: str | None = None
-    ) -> ExchangeAccount:
+    def get_account(self, connection_id: str | None = None, portfolio_name: str | None = None) -> ExchangeAccount:
         """Read and locally validate the exchange connection; every credential is registered as a secret.
 
         :param connection_id: Overrides the extra ``connection_id``.

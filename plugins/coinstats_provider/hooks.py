@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import requests
 from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
 
@@ -154,8 +155,7 @@ def build_base_url(conn_id: str, host: str | None, port: int | None) -> str:
     if port:
         if host_port and host_port != port:
             raise CoinStatsConfigError(
-                f"Connection '{conn_id}' sets port {port} but its host already says port {host_port}; "
-                "keep only one."
+                f"Connection '{conn_id}' sets port {port} but its host already says port {host_port}; keep only one."
             )
         if not host_port:
             netloc = f"{netloc}:{port}"
@@ -195,18 +195,14 @@ def settings_from_connection(
     try:
         retries_int = int(retries)
     except (TypeError, ValueError):
-        raise CoinStatsConfigError(
-            f"Extra 'max_retries' of connection '{conn_id}' must be an integer."
-        ) from None
+        raise CoinStatsConfigError(f"Extra 'max_retries' of connection '{conn_id}' must be an integer.") from None
     if not 0 <= retries_int <= 20:
         raise CoinStatsConfigError(f"Extra 'max_retries' of connection '{conn_id}' must be between 0 and 20.")
     return ClientSettings(
         conn_id=conn_id,
         base_url=build_base_url(conn_id, conn.host, conn.port),
         api_key=api_key,
-        timeout=timeout
-        if timeout is not None
-        else _number(conn_id, extra, "timeout", DEFAULT_TIMEOUT, minimum=0.001),
+        timeout=timeout if timeout is not None else _number(conn_id, extra, "timeout", DEFAULT_TIMEOUT, minimum=0.001),
         max_retries=retries_int,
         backoff_base=_number(conn_id, extra, "backoff_base", DEFAULT_BACKOFF_BASE, minimum=0),
         backoff_max=_number(conn_id, extra, "backoff_max", DEFAULT_BACKOFF_MAX, minimum=0),
@@ -281,7 +277,7 @@ def error_from_response(
                 "generate a new key at https://openapi.coinstats.app and update the connection.",
                 **kwargs,
             )
-        if path.startswith(_EXCHANGE_ROUTES):
+        if path.startswith(_EXCHANGE_ROUTES) and path != "/exchange/support":
             return CoinStatsExchangeCredentialsError(
                 status,
                 message,
@@ -289,9 +285,7 @@ def error_from_response(
                 "create a new read-only API key on the exchange and update the exchange connection.",
                 **kwargs,
             )
-        return CoinStatsAuthError(
-            status, message, hint=f"Check the API key in connection '{conn_id}'.", **kwargs
-        )
+        return CoinStatsAuthError(status, message, hint=f"Check the API key in connection '{conn_id}'.", **kwargs)
     if status in (402, 406) or (status == 429 and "credit" in lowered):
         return CoinStatsCreditsExhaustedError(
             status,
@@ -321,9 +315,7 @@ def error_from_response(
     if status == 429:
         return CoinStatsRateLimitError(status, message, hint="Rate limited; lower the pool size.", **kwargs)
     if status in RETRYABLE_STATUS:
-        return CoinStatsServerError(
-            status, message, hint="CoinStats is having trouble; retry later.", **kwargs
-        )
+        return CoinStatsServerError(status, message, hint="CoinStats is having trouble; retry later.", **kwargs)
     return CoinStatsAPIError(status, message, **kwargs)
 
 
@@ -387,7 +379,12 @@ class CoinStatsHook(BaseHook):
     async def asettings(self) -> ClientSettings:
         """Async variant of :attr:`settings` for triggers (uses the async connection lookup)."""
         if "settings" not in self.__dict__:
-            conn = await self.aget_connection(self.coinstats_conn_id)
+            try:
+                conn = await self.aget_connection(self.coinstats_conn_id)
+            except AirflowNotFoundException:
+                # `airflow dags test` runs triggers inline, where only the synchronous lookup reaches the
+                # metadata DB; run it off the event loop.
+                conn = await asyncio.to_thread(self.get_connection, self.coinstats_conn_id)
             self.__dict__["settings"] = settings_from_connection(conn, **self._overrides)
         return self.settings
 
@@ -486,9 +483,7 @@ class CoinStatsHook(BaseHook):
         while True:
             retry_after: float | None = None
             try:
-                response = self.session.request(
-                    method, url, params=params, json=json_body, timeout=settings.timeout
-                )
+                response = self.session.request(method, url, params=params, json=json_body, timeout=settings.timeout)
             except _TRANSPORT_ERRORS as err:
                 error: CoinStatsError | None = CoinStatsTransportError(
                     f"CoinStats {method} {path} failed: {type(err).__name__} talking to "
@@ -499,9 +494,7 @@ class CoinStatsHook(BaseHook):
                 with response:
                     if 200 <= response.status_code < 300:
                         self.credits.record(method, path, cost)
-                    data, error = self._outcome(
-                        method, path, response.status_code, response.content, all_secrets
-                    )
+                    data, error = self._outcome(method, path, response.status_code, response.content, all_secrets)
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if error is None:
                     return data
@@ -595,14 +588,10 @@ class CoinStatsHook(BaseHook):
         # POST /portfolio/exchange is idempotent on the CoinStats side: the same credentials answer
         # "existing" with the same portfolioId, so retrying after a timeout or 5xx is safe and cannot
         # create a second portfolio.
-        data = self.request(
-            "POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values())
-        )
+        data = self.request("POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values()))
         secrets = (self.settings.api_key, *connection_fields.values())
         if not isinstance(data, dict):
-            raise CoinStatsResponseError(
-                "CoinStats POST /portfolio/exchange answered with a non-object body."
-            )
+            raise CoinStatsResponseError("CoinStats POST /portfolio/exchange answered with a non-object body.")
         portfolio_id = data.get("portfolioId")
         if not isinstance(portfolio_id, str) or not portfolio_id.strip():
             raise CoinStatsResponseError(
@@ -610,14 +599,13 @@ class CoinStatsHook(BaseHook):
                 "Retry later or contact CoinStats support."
             )
         raw_status = data.get("status")
-        try:
-            status = ConnectStatus(str(raw_status))
-        except ValueError:
+        if raw_status not in {s.value for s in ConnectStatus}:
             shown = redact(str(raw_status), secrets)[:40]
             raise CoinStatsResponseError(
                 f"CoinStats POST /portfolio/exchange answered an unknown status '{shown}' "
                 "(expected 'connected' or 'existing')."
-            ) from None
+            )
+        status = ConnectStatus(raw_status)
         answered_id = data.get("connectionId")
         if isinstance(answered_id, str) and answered_id != connection_id:
             self.log.warning(
@@ -641,9 +629,7 @@ class CoinStatsHook(BaseHook):
                 subscription=str(data.get("subscription") or "unknown")[:40],
             )
         except (KeyError, TypeError, ValueError):
-            raise CoinStatsResponseError(
-                "CoinStats GET /usage/credits answered an unexpected body."
-            ) from None
+            raise CoinStatsResponseError("CoinStats GET /usage/credits answered an unexpected body.") from None
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the API key with a free authenticated call; never raises, never echoes a secret."""
@@ -674,33 +660,30 @@ class CoinStatsHook(BaseHook):
             )
         data = self.request("PATCH", "/portfolio/sync", params={"portfolioId": portfolio_id})
         if isinstance(data, dict) and data.get("success") is False:
-            raise CoinStatsResponseError(
-                f"CoinStats refused to sync portfolio {portfolio_id} (success=false)."
-            )
+            raise CoinStatsResponseError(f"CoinStats refused to sync portfolio {portfolio_id} (success=false).")
 
     @staticmethod
-    def parse_sync_status(data: Any) -> SyncStatus:
+    def parse_sync_status(data: Any, secrets: Collection[str] = ()) -> SyncStatus:
         """Validate a ``GET /portfolio/status`` body.
 
         :param data: Decoded JSON body.
+        :param secrets: Values to redact from the error message.
         """
         raw = data.get("status") if isinstance(data, dict) else None
-        try:
-            return SyncStatus(str(raw))
-        except ValueError:
+        if raw not in {s.value for s in SyncStatus}:
             raise CoinStatsResponseError(
-                f"CoinStats GET /portfolio/status answered an unknown status '{str(raw)[:40]}' "
+                f"CoinStats GET /portfolio/status answered an unknown status '{redact(str(raw), secrets)[:40]}' "
                 "(expected 'syncing' or 'synced')."
-            ) from None
+            )
+        return SyncStatus(raw)
 
     def get_portfolio_sync_status(self, portfolio_id: str) -> SyncStatus:
         """Return the sync status of a portfolio (``GET /portfolio/status``, 3 credits).
 
         :param portfolio_id: The portfolio.
         """
-        return self.parse_sync_status(
-            self.request("GET", "/portfolio/status", params={"portfolioId": portfolio_id})
-        )
+        data = self.request("GET", "/portfolio/status", params={"portfolioId": portfolio_id})
+        return self.parse_sync_status(data, (self.settings.api_key,))
 
     async def aget_portfolio_sync_status(self, portfolio_id: str) -> SyncStatus:
         """Async :meth:`get_portfolio_sync_status`, for triggers.
@@ -708,7 +691,7 @@ class CoinStatsHook(BaseHook):
         :param portfolio_id: The portfolio.
         """
         data = await self.arequest("GET", "/portfolio/status", params={"portfolioId": portfolio_id})
-        return self.parse_sync_status(data)
+        return self.parse_sync_status(data, (self.settings.api_key,))
 
     # -- extract ---------------------------------------------------------------------------------
 
@@ -718,9 +701,7 @@ class CoinStatsHook(BaseHook):
         :param portfolio_id: The portfolio.
         :param currency: Currency of the figures.
         """
-        data = self.request(
-            "GET", "/portfolio/value", params={"portfolioId": portfolio_id, "currency": currency}
-        )
+        data = self.request("GET", "/portfolio/value", params={"portfolioId": portfolio_id, "currency": currency})
         if not isinstance(data, dict):
             raise CoinStatsResponseError("CoinStats GET /portfolio/value answered with a non-object body.")
         return data
@@ -733,9 +714,7 @@ class CoinStatsHook(BaseHook):
         page = start_page
         previous: str | None = None
         while True:
-            items = _items(
-                self.request("GET", path, params={**params, "page": page, "limit": page_size}), keys, path
-            )
+            items = _items(self.request("GET", path, params={**params, "page": page, "limit": page_size}), keys, path)
             if not items:
                 return
             fingerprint = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
@@ -759,9 +738,7 @@ class CoinStatsHook(BaseHook):
         :param page_size: Items per page (``limit``), 1 to 100.
         :param start_page: First page to fetch (1-based).
         """
-        return self._pages(
-            "/portfolio/coins", {"portfolioId": portfolio_id}, ("result", "data"), page_size, start_page
-        )
+        return self._pages("/portfolio/coins", {"portfolioId": portfolio_id}, ("result", "data"), page_size, start_page)
 
     def iter_portfolio_transactions(
         self,
@@ -814,9 +791,7 @@ def _cache_file(base_url: str) -> Path:
     return root / f"exchange-support-{hashlib.sha256(base_url.encode()).hexdigest()[:16]}.json"
 
 
-def _read_support_cache(
-    base_url: str, ttl: float, now: float
-) -> tuple[float, list[SupportedExchange]] | None:
+def _read_support_cache(base_url: str, ttl: float, now: float) -> tuple[float, list[SupportedExchange]] | None:
     path = _cache_file(base_url)
     try:
         stored = json.loads(path.read_text())

@@ -95,9 +95,7 @@ class ConnectExchangePortfolioOperator(BaseOperator):
                 connection_id=self.connection_id or None, portfolio_name=self.portfolio_name or None
             )
             fields = account.connection_fields(self.hook.get_supported_exchanges())
-            result = self.hook.connect_exchange_portfolio(
-                account.connection_id, fields, account.portfolio_name
-            )
+            result = self.hook.connect_exchange_portfolio(account.connection_id, fields, account.portfolio_name)
         except CoinStatsError as err:
             raise fail_fast(err, f"Connecting exchange connection '{self.exchange_conn_id}'") from err
         finally:

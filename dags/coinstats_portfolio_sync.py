@@ -1,0 +1,171 @@
+"""Daily CoinStats portfolio sync: connect exchange accounts, sync each portfolio, load it exactly once.
+
+``resolve_accounts`` → ``connect_exchange_portfolio`` (mapped) → ``register_portfolios`` → per portfolio
+(mapped group): ``sync`` (deferrable wait) → ``load_value`` / ``load_coins`` / ``load_transactions``
+→ ``summary``. Accounts come from the ``exchange_conn_ids`` Param or, when it is empty, from the
+Variable ``coinstats_exchange_conn_ids`` read at run time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+
+from coinstats_provider import pipeline
+from coinstats_provider.load_operator import DATASETS, TABLES, LoadPortfolioOperator
+from coinstats_provider.operators import ConnectExchangePortfolioOperator
+from coinstats_provider.sync_operator import SyncPortfolioOperator
+
+COINSTATS_CONN_ID = "coinstats_default"
+WAREHOUSE_CONN_ID = "coinstats_warehouse"
+POOL = "coinstats_api"
+ASSETS = {name: Asset(name=table, uri=f"sqlite://coinstats_warehouse/{table}") for name, table in TABLES.items()}
+
+with DAG(
+    dag_id="coinstats_portfolio_sync",
+    schedule="@daily",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["coinstats"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
+    params={
+        "exchange_conn_ids": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+$"},
+            title="Exchange connections",
+            description="coinstats_exchange connection ids to sync. Empty: the Variable "
+            "coinstats_exchange_conn_ids (a JSON list) is used.",
+        ),
+        "datasets": Param(
+            list(DATASETS),
+            type="array",
+            items={"type": "string", "enum": list(DATASETS)},
+            minItems=1,
+            uniqueItems=True,
+            title="Datasets",
+            description="What to extract and load for each portfolio.",
+        ),
+        "sync_timeout_minutes": Param(
+            30,
+            type="number",
+            minimum=0.05,
+            maximum=24 * 60,
+            title="Sync wait timeout (minutes)",
+            description="How long to wait for CoinStats to finish syncing a portfolio.",
+        ),
+        "sync_poll_seconds": Param(
+            30,
+            type="number",
+            minimum=0.1,
+            maximum=3600,
+            title="Sync status poll interval (seconds)",
+            description="Each status poll costs 3 credits.",
+        ),
+        "credit_budget": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            title="Credit budget of the run",
+            description="Fail before any call that would spend more CoinStats credits than this. Empty: no cap.",
+        ),
+        "deferrable": Param(
+            True,
+            type="boolean",
+            title="Wait in the triggerer",
+            description="Off: poll on the worker (for deployments without a triggerer).",
+        ),
+    },
+):
+
+    @task
+    def resolve_accounts() -> list[str]:
+        """The exchange connections of this run (Param, else the Variable, read now, not at parse time)."""
+        from airflow.sdk import Variable, conf
+
+        params = get_current_context()["params"]
+        return pipeline.resolve_accounts(
+            params["exchange_conn_ids"],
+            lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
+            max_accounts=conf.getint("core", "max_map_length", fallback=1024),
+        )
+
+    accounts = resolve_accounts()
+    connect = ConnectExchangePortfolioOperator.partial(
+        task_id="connect_exchange_portfolio", coinstats_conn_id=COINSTATS_CONN_ID, pool=POOL
+    ).expand(exchange_conn_id=accounts)
+
+    @task
+    def register_portfolios(exchange_conn_ids: list[str], portfolio_ids: list[str]) -> list[dict[str, Any]]:
+        """Write coinstats_portfolios and plan each portfolio's share of the credit budget."""
+        context = get_current_context()
+        ti, params = context["ti"], context["params"]
+        records = pipeline.register_portfolios(
+            WAREHOUSE_CONN_ID,
+            exchange_conn_ids,
+            portfolio_ids,
+            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="connection_id"),
+            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="status"),
+            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="credits_spent"),
+        )
+        work = pipeline.portfolio_work(records, None, None)
+        sync_budget, load_budget = pipeline.plan_budgets(
+            params["credit_budget"],
+            sum(r["credits_spent"] for r in records),
+            len(work),
+            len(params["datasets"]),
+            params["sync_timeout_minutes"] * 60,
+            params["sync_poll_seconds"],
+        )
+        ti.xcom_push(key="accounts", value=records)
+        return pipeline.portfolio_work(records, sync_budget, load_budget)
+
+    registered = register_portfolios(accounts, connect.output)  # type: ignore[arg-type]
+    results: dict[str, Any] = {}
+
+    @task_group(group_id="portfolio")
+    def sync_and_load(portfolio_id: str, sync_budget: int | None, load_budget: int | None) -> None:
+        """Sync one portfolio, then load each selected dataset."""
+        sync = SyncPortfolioOperator(
+            task_id="sync",
+            portfolio_id=portfolio_id,
+            coinstats_conn_id=COINSTATS_CONN_ID,
+            sync_timeout="{{ params.sync_timeout_minutes * 60 }}",
+            poll_interval="{{ params.sync_poll_seconds }}",
+            credit_budget=sync_budget,
+            deferrable="{{ params.deferrable }}",
+            pool=POOL,
+        )
+        results["sync"] = sync.output
+        for dataset in DATASETS:
+            load = LoadPortfolioOperator(
+                task_id=f"load_{dataset}",
+                portfolio_id=portfolio_id,
+                dataset=dataset,
+                datasets="{{ params.datasets }}",
+                coinstats_conn_id=COINSTATS_CONN_ID,
+                warehouse_conn_id=WAREHOUSE_CONN_ID,
+                credit_budget=load_budget,
+                outlets=[ASSETS[dataset]],
+                pool=POOL,
+            )
+            results[dataset] = load.output
+            sync >> load
+
+    portfolios = sync_and_load.expand_kwargs(registered)
+
+    @task(trigger_rule="none_failed", multiple_outputs=False)
+    def summary(syncs: list[Any], values: list[Any], coins: list[Any], transactions: list[Any]) -> dict[str, Any]:
+        """Per portfolio: connected/existing, rows per table, credits; and the run's credit total."""
+        ti = get_current_context()["ti"]
+        accounts = ti.xcom_pull(task_ids="register_portfolios", key="accounts")
+        result = pipeline.summarize(accounts, syncs, [*values, *coins, *transactions])
+        print(pipeline.format_summary(result))
+        return result
+
+    summary(results["sync"], results["value"], results["coins"], results["transactions"])

@@ -1,0 +1,178 @@
+"""LoadPortfolioOperator: stream one dataset of one portfolio from CoinStats into the warehouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from coinstats_provider.exceptions import CoinStatsError
+from coinstats_provider.hooks import DEFAULT_PAGE_SIZE, CoinStatsHook
+from coinstats_provider.operators import fail_fast
+from coinstats_provider.transform import TransactionKeyer, coin_rows, transaction_rows, value_row
+from coinstats_provider.warehouse import CoinStatsWarehouse
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+DATASETS = ("value", "coins", "transactions")
+TABLES: dict[str, str] = {
+    "value": "coinstats_portfolio_values",
+    "coins": "coinstats_portfolio_coins",
+    "transactions": "coinstats_portfolio_transactions",
+}
+PROGRESS_EVERY_PAGES = 10
+
+
+def snapshot_date(context: Context) -> dt.date:
+    """The date a run's snapshot belongs to: its data interval end, else its run time, else today (UTC).
+
+    :param context: Task context.
+    """
+    for key in ("data_interval_end", "logical_date"):
+        value = context.get(key)
+        if isinstance(value, dt.datetime):
+            return value.date()
+    dag_run = context.get("dag_run")
+    run_after = getattr(dag_run, "run_after", None)
+    if isinstance(run_after, dt.datetime):
+        return run_after.date()
+    return dt.datetime.now(dt.UTC).date()
+
+
+class LoadPortfolioOperator(BaseOperator):
+    """Extract one dataset (``value``, ``coins`` or ``transactions``) of a portfolio and load it exactly once.
+
+    Pages flow from the hook's generators into the warehouse in batches, so memory does not grow with
+    the number of rows. ``value`` and ``coins`` replace the portfolio's snapshot of the run's date;
+    ``transactions`` are upserted by a content-derived ``transaction_key``. Each load is one database
+    transaction, so a rerun (or a crash and rerun) leaves the table as after one run.
+    Returns ``{"portfolio_id", "dataset", "table", "rows", "pages", "credits_spent"}``.
+
+    :param portfolio_id: The portfolio.
+    :param dataset: ``value``, ``coins`` or ``transactions``.
+    :param datasets: Datasets selected for this run; the task skips (0 credits) when ``dataset`` is not in it.
+    :param coinstats_conn_id: CoinStats connection.
+    :param warehouse_conn_id: SQL connection (SQLite or PostgreSQL) of the warehouse.
+    :param currency: Currency of values and transactions.
+    :param page_size: Items per CoinStats page (1 to 100).
+    :param credit_budget: Credits this task may spend; ``None`` for no limit.
+    :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
+    """
+
+    template_fields: Sequence[str] = (
+        "portfolio_id",
+        "dataset",
+        "datasets",
+        "coinstats_conn_id",
+        "warehouse_conn_id",
+        "currency",
+        "credit_budget",
+    )
+    ui_color = "#b5e3b0"
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: str,
+        dataset: str,
+        datasets: Iterable[str] | str | None = None,
+        coinstats_conn_id: str = CoinStatsHook.default_conn_name,
+        warehouse_conn_id: str = CoinStatsWarehouse.default_conn_name,
+        currency: str = "USD",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        credit_budget: int | str | None = None,
+        hook_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.portfolio_id = portfolio_id
+        self.dataset = dataset
+        self.datasets = datasets
+        self.coinstats_conn_id = coinstats_conn_id
+        self.warehouse_conn_id = warehouse_conn_id
+        self.currency = currency
+        self.page_size = page_size
+        self.credit_budget = credit_budget
+        self.hook_params = hook_params or {}
+
+    @cached_property
+    def hook(self) -> CoinStatsHook:
+        """The CoinStats hook, limited to this task's credit budget."""
+        budget = None if self.credit_budget in (None, "", "None") else int(float(str(self.credit_budget)))
+        return CoinStatsHook(self.coinstats_conn_id, credit_budget=budget, **self.hook_params)
+
+    def _selected(self) -> bool:
+        if self.datasets is None:
+            return True
+        chosen = self.datasets
+        if isinstance(chosen, str):
+            chosen = [part.strip(" '\"[]") for part in chosen.split(",")]
+        return self.dataset in set(chosen)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Extract and load; log progress and credits; return a small summary."""
+        if self.dataset not in DATASETS:
+            raise AirflowFailException(f"Unknown dataset '{self.dataset}'; choose from {', '.join(DATASETS)}.")
+        if not self._selected():
+            raise AirflowSkipException(f"Dataset '{self.dataset}' is not selected for this run.")
+        day = snapshot_date(context)
+        warehouse = CoinStatsWarehouse(self.warehouse_conn_id)
+        warehouse.ensure_schema()
+        self._pages = 0
+        try:
+            rows = self._load(warehouse, day)
+        except CoinStatsError as err:
+            raise fail_fast(err, f"Loading {self.dataset} of portfolio {self.portfolio_id}") from err
+        finally:
+            if "hook" in self.__dict__ and "settings" in self.hook.__dict__:
+                spent = self.hook.credits.spent
+                context["ti"].xcom_push(key="credits_spent", value=spent)
+                self.log.info("CoinStats credits spent by this task: %d", spent)
+        table = TABLES[self.dataset]
+        self.log.info(
+            "Loaded %d %s rows of portfolio %s into %s (snapshot %s)", rows, self.dataset, self.portfolio_id, table, day
+        )
+        return {
+            "portfolio_id": self.portfolio_id,
+            "dataset": self.dataset,
+            "table": table,
+            "rows": rows,
+            "pages": self._pages,
+            "credits_spent": self.hook.credits.spent,
+        }
+
+    def _load(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
+        pid = self.portfolio_id
+        if self.dataset == "value":
+            value = self.hook.get_portfolio_value(pid, currency=self.currency)
+            return warehouse.replace_snapshot(
+                "coinstats_portfolio_values", pid, day, [value_row(pid, day, self.currency, value)]
+            )
+        if self.dataset == "coins":
+            items = self._items(self.hook.iter_portfolio_coins(pid, page_size=self.page_size))
+            return warehouse.replace_snapshot("coinstats_portfolio_coins", pid, day, coin_rows(pid, day, items))
+        pages = self.hook.iter_portfolio_transactions(pid, currency=self.currency, page_size=self.page_size)
+        rows = transaction_rows(pid, self._items(pages), TransactionKeyer())
+        return warehouse.upsert_transactions(pid, rows)
+
+    def _items(self, pages: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """Flatten pages lazily, logging progress every few pages."""
+        seen = 0
+        for page in pages:
+            self._pages += 1
+            seen += len(page)
+            if self._pages % PROGRESS_EVERY_PAGES == 0:
+                self.log.info(
+                    "%s of portfolio %s: %d pages, %d rows so far, %d credits so far",
+                    self.dataset,
+                    self.portfolio_id,
+                    self._pages,
+                    seen,
+                    self.hook.credits.spent,
+                )
+            yield from page

@@ -1,0 +1,259 @@
+"""Run-level steps of the portfolio sync pipeline: resolve accounts, register portfolios, summarise.
+
+Pure functions (plus the warehouse write in :func:`register_portfolios`) called by the DAG's ``@task``
+steps, so the DAG file only declares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from coinstats_provider.credits import credit_cost
+from coinstats_provider.exceptions import CoinStatsConfigError
+from coinstats_provider.sync_operator import SYNC_COST
+from coinstats_provider.triggers import POLL_COST
+from coinstats_provider.warehouse import CoinStatsWarehouse
+
+ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
+_CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
+#: The least a portfolio can cost after connecting: sync, one poll, value, one page of coins and of
+#: transactions.
+MIN_CREDITS_PER_PORTFOLIO = (
+    SYNC_COST
+    + POLL_COST
+    + credit_cost("GET", "/portfolio/value")
+    + credit_cost("GET", "/portfolio/coins")
+    + credit_cost("GET", "/portfolio/transactions")
+)
+
+
+def resolve_accounts(
+    param_value: Any, read_variable: Callable[[], str | None], max_accounts: int | None = None
+) -> list[str]:
+    """Return the exchange connection ids of this run: the Param, else the Variable (read at run time).
+
+    :param param_value: Value of the ``exchange_conn_ids`` Param (list, JSON text or comma-separated text).
+    :param read_variable: Returns the raw ``coinstats_exchange_conn_ids`` Variable, or ``None`` if unset.
+    :param max_accounts: Upper bound (e.g. ``[core] max_map_length``); more accounts fail with a clear message.
+    """
+    ids = _as_list(param_value, "Param 'exchange_conn_ids'")
+    source = "Param 'exchange_conn_ids'"
+    if not ids:
+        raw = read_variable()
+        source = f"Variable '{ACCOUNTS_VARIABLE}'"
+        ids = _as_list(raw, source) if raw else []
+    if not ids:
+        raise CoinStatsConfigError(
+            "No exchange accounts to sync: pass the Param 'exchange_conn_ids' (a list of coinstats_exchange "
+            f"connection ids) or set the Variable '{ACCOUNTS_VARIABLE}' to a JSON list such as "
+            '["coinstats_exchange_binance"].'
+        )
+    unique: list[str] = []
+    for conn_id in ids:
+        if not isinstance(conn_id, str) or not _CONN_ID.match(conn_id):
+            raise CoinStatsConfigError(
+                f"{source} holds {str(conn_id)[:60]!r}, which is not a connection id (letters, digits, _ . -)."
+            )
+        if conn_id not in unique:
+            unique.append(conn_id)
+    if max_accounts is not None and len(unique) > max_accounts:
+        raise CoinStatsConfigError(
+            f"{source} lists {len(unique)} accounts, more than the {max_accounts} one run can map "
+            "([core] max_map_length). Split them over several runs or raise max_map_length."
+        )
+    return unique
+
+
+def _as_list(value: Any, source: str) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise CoinStatsConfigError(f"{source} is not a valid JSON list of connection ids.") from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise CoinStatsConfigError(f"{source} must be a list of connection ids, not {type(value).__name__}.")
+    return value
+
+
+def plan_budgets(
+    run_budget: int | None,
+    spent_so_far: int,
+    portfolios: int,
+    datasets: int,
+    sync_timeout: float,
+    poll_interval: float,
+) -> tuple[int | None, int | None]:
+    """Split what is left of a run's credit budget into a per-portfolio sync and per-dataset load budget.
+
+    The split is fixed up front so that parallel tasks can never overspend the run together: each
+    portfolio gets an equal share; its sync may use what the longest wait could cost; the rest is
+    shared equally by its load tasks.
+
+    :param run_budget: The run's cap, or ``None``.
+    :param spent_so_far: Credits already spent (connect step).
+    :param portfolios: Number of portfolios.
+    :param datasets: Number of selected datasets.
+    :param sync_timeout: Seconds a sync may take.
+    :param poll_interval: Seconds between status polls.
+    """
+    if run_budget is None:
+        return None, None
+    if portfolios <= 0:
+        return 0, 0
+    share = (run_budget - spent_so_far) // portfolios
+    minimum = MIN_CREDITS_PER_PORTFOLIO if datasets else SYNC_COST + POLL_COST
+    if share < minimum:
+        raise CoinStatsConfigError(
+            f"The credit budget of {run_budget} leaves {max(share, 0)} credits per portfolio after "
+            f"connecting ({spent_so_far} spent), less than one sync and load needs (at least {minimum}). "
+            "Raise the budget or sync fewer accounts."
+        )
+    max_polls = max(1, math.ceil(sync_timeout / poll_interval))
+    sync_budget = min(share - (minimum - SYNC_COST - POLL_COST), SYNC_COST + max_polls * POLL_COST)
+    load_budget = (share - sync_budget) // datasets if datasets else 0
+    return sync_budget, load_budget
+
+
+def register_portfolios(
+    warehouse_conn_id: str,
+    exchange_conn_ids: Sequence[str],
+    portfolio_ids: Sequence[str],
+    connection_ids: Sequence[str],
+    statuses: Sequence[str],
+    connect_credits: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Write ``coinstats_portfolios`` (one transaction per row, upsert) and return one record per account.
+
+    :param warehouse_conn_id: SQL connection of the warehouse.
+    :param exchange_conn_ids: Exchange connection per mapped connect task, in map order.
+    :param portfolio_ids: portfolioId per connect task.
+    :param connection_ids: CoinStats exchange id per connect task.
+    :param statuses: ``connected`` / ``existing`` per connect task.
+    :param connect_credits: Credits spent per connect task.
+    """
+    if not len(exchange_conn_ids) == len(portfolio_ids) == len(connection_ids) == len(statuses):
+        raise ValueError("connect results do not line up with the exchange connections")
+    warehouse = CoinStatsWarehouse(warehouse_conn_id)
+    warehouse.ensure_schema()
+    records = []
+    for conn_id, pid, exchange, status, credits in zip(
+        exchange_conn_ids,
+        portfolio_ids,
+        connection_ids,
+        statuses,
+        _padded(connect_credits, len(portfolio_ids)),
+        strict=True,
+    ):
+        warehouse.upsert_portfolio(
+            {
+                "portfolio_id": pid,
+                "connection_id": exchange,
+                "exchange_conn_id": conn_id,
+                "portfolio_name": None,
+                "last_connect_status": status,
+            }
+        )
+        records.append(
+            {
+                "exchange_conn_id": conn_id,
+                "portfolio_id": pid,
+                "connection_id": exchange,
+                "status": status,
+                "credits_spent": credits,
+            }
+        )
+    return records
+
+
+def _padded(values: Sequence[int], length: int) -> list[int]:
+    return [int(v or 0) for v in values] + [0] * (length - len(values))
+
+
+def portfolio_work(
+    records: Iterable[Mapping[str, Any]], sync_budget: int | None, load_budget: int | None
+) -> list[dict[str, Any]]:
+    """One mapping entry per distinct portfolio (two connections of one account sync once).
+
+    :param records: Output of :func:`register_portfolios`.
+    :param sync_budget: Credit budget of each sync task.
+    :param load_budget: Credit budget of each load task.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        seen.setdefault(
+            record["portfolio_id"],
+            {"portfolio_id": record["portfolio_id"], "sync_budget": sync_budget, "load_budget": load_budget},
+        )
+    return list(seen.values())
+
+
+def summarize(
+    accounts: Iterable[Mapping[str, Any]],
+    syncs: Iterable[Mapping[str, Any] | None],
+    loads: Iterable[Mapping[str, Any] | None],
+) -> dict[str, Any]:
+    """Per portfolio: connect status, rows written per table and credits; plus the run's totals.
+
+    :param accounts: Output of :func:`register_portfolios`.
+    :param syncs: Return values of the sync tasks (``None`` for skipped ones).
+    :param loads: Return values of every load task (``None`` for skipped ones).
+    """
+    portfolios: dict[str, dict[str, Any]] = {}
+    for account in accounts:
+        entry = portfolios.setdefault(
+            account["portfolio_id"],
+            {
+                "portfolio_id": account["portfolio_id"],
+                "exchange_conn_ids": [],
+                "connection_id": account["connection_id"],
+                "status": account["status"],
+                "rows": {},
+                "credits_spent": 0,
+            },
+        )
+        entry["exchange_conn_ids"].append(account["exchange_conn_id"])
+        entry["credits_spent"] += int(account.get("credits_spent") or 0)
+    for result in [*syncs, *loads]:
+        if not result or result.get("portfolio_id") not in portfolios:
+            continue
+        entry = portfolios[result["portfolio_id"]]
+        entry["credits_spent"] += int(result.get("credits_spent") or 0)
+        if "table" in result:
+            entry["rows"][result["table"]] = int(result.get("rows") or 0)
+    rows_total: dict[str, int] = {}
+    for entry in portfolios.values():
+        for table, count in entry["rows"].items():
+            rows_total[table] = rows_total.get(table, 0) + count
+    return {
+        "portfolios": list(portfolios.values()),
+        "rows": rows_total,
+        "total_credits": sum(e["credits_spent"] for e in portfolios.values()),
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Render :func:`summarize` output as a small text table for logs and the demo.
+
+    :param summary: Output of :func:`summarize`.
+    """
+    lines = [f"{'portfolio':<26} {'status':<10} {'value':>6} {'coins':>6} {'txns':>7} {'credits':>8}  accounts"]
+    for entry in summary["portfolios"]:
+        rows = entry["rows"]
+        lines.append(
+            f"{entry['portfolio_id']:<26} {entry['status']:<10} "
+            f"{rows.get('coinstats_portfolio_values', 0):>6} {rows.get('coinstats_portfolio_coins', 0):>6} "
+            f"{rows.get('coinstats_portfolio_transactions', 0):>7} {entry['credits_spent']:>8}  "
+            f"{', '.join(entry['exchange_conn_ids'])}"
+        )
+    lines.append(f"total credits spent: {summary['total_credits']}")
+    return "\n".join(lines)
