@@ -14,8 +14,8 @@ PYTEST_ARGS ?=
 $(STAMP): requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
 	$(UV) venv -q --allow-existing --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
+	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
 setup: $(STAMP) ## Create .venv/ with the locked versions and the provider installed (editable).
