@@ -15,7 +15,7 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 
 from coinstats_provider import pipeline
 from coinstats_provider.load_operator import DATASETS, TABLES, LoadPortfolioOperator
-from coinstats_provider.operators import ConnectExchangePortfolioOperator
+from coinstats_provider.operators import ConnectExchangePortfolioOperator, failing_fast
 from coinstats_provider.sync_operator import SyncPortfolioOperator
 
 COINSTATS_CONN_ID = "coinstats_default"
@@ -89,11 +89,12 @@ with DAG(
         from airflow.sdk import Variable, conf
 
         params = get_current_context()["params"]
-        return pipeline.resolve_accounts(
-            params["exchange_conn_ids"],
-            lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
-            max_accounts=conf.getint("core", "max_map_length", fallback=1024),
-        )
+        with failing_fast("Resolving the exchange accounts"):
+            return pipeline.resolve_accounts(
+                params["exchange_conn_ids"],
+                lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
+                max_accounts=conf.getint("core", "max_map_length", fallback=1024),
+            )
 
     accounts = resolve_accounts()
     connect = ConnectExchangePortfolioOperator.partial(
@@ -105,23 +106,26 @@ with DAG(
         """Write coinstats_portfolios and plan each portfolio's share of the credit budget."""
         context = get_current_context()
         ti, params = context["ti"], context["params"]
-        records = pipeline.register_portfolios(
-            WAREHOUSE_CONN_ID,
-            exchange_conn_ids,
-            portfolio_ids,
-            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="connection_id"),
-            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="status"),
-            ti.xcom_pull(task_ids="connect_exchange_portfolio", key="credits_spent"),
-        )
-        work = pipeline.portfolio_work(records, None, None)
-        sync_budget, load_budget = pipeline.plan_budgets(
-            params["credit_budget"],
-            sum(r["credits_spent"] for r in records),
-            len(work),
-            len(params["datasets"]),
-            params["sync_timeout_minutes"] * 60,
-            params["sync_poll_seconds"],
-        )
+        indexes = list(range(len(portfolio_ids)))
+        with failing_fast("Registering the portfolios"):
+            records = pipeline.register_portfolios(
+                WAREHOUSE_CONN_ID,
+                exchange_conn_ids,
+                portfolio_ids,
+                *(
+                    ti.xcom_pull(task_ids="connect_exchange_portfolio", key=key, map_indexes=indexes)
+                    for key in ("connection_id", "status", "credits_spent")
+                ),
+            )
+            work = pipeline.portfolio_work(records, None, None)
+            sync_budget, load_budget = pipeline.plan_budgets(
+                params["credit_budget"],
+                sum(r["credits_spent"] for r in records),
+                len(work),
+                len(params["datasets"]),
+                params["sync_timeout_minutes"] * 60,
+                params["sync_poll_seconds"],
+            )
         ti.xcom_push(key="accounts", value=records)
         return pipeline.portfolio_work(records, sync_budget, load_budget)
 
@@ -164,7 +168,7 @@ with DAG(
         """Per portfolio: connected/existing, rows per table, credits; and the run's credit total."""
         ti = get_current_context()["ti"]
         accounts = ti.xcom_pull(task_ids="register_portfolios", key="accounts")
-        result = pipeline.summarize(accounts, syncs, [*values, *coins, *transactions])
+        result = pipeline.summarize(accounts, syncs, [values, coins, transactions])
         print(pipeline.format_summary(result))
         return result
 

@@ -7,7 +7,7 @@ Messages name the cause and the fix; they never contain a credential, a header o
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 class CoinStatsError(AirflowException):
@@ -16,8 +16,12 @@ class CoinStatsError(AirflowException):
     retryable: bool = False
 
 
-class CoinStatsConfigError(CoinStatsError):
-    """An Airflow connection or argument is invalid; detected locally, before any credit is spent."""
+class CoinStatsConfigError(CoinStatsError, AirflowFailException):
+    """An Airflow connection or argument is invalid; detected locally, before any credit is spent.
+
+    Also an ``AirflowFailException``: raised from a plain ``@task`` (e.g. the pipeline steps), it fails
+    the task without Airflow retries, which could not fix a configuration.
+    """
 
 
 class CoinStatsValidationError(CoinStatsConfigError):
@@ -73,7 +77,7 @@ class CoinStatsAPIError(CoinStatsError):
         if request_id:
             parts.append(f" (requestId {request_id})")
         if hint:
-            parts.append(f". {hint}")
+            parts.append(f"{'' if parts[-1].endswith('.') else '.'} {hint}")
         super().__init__("".join(parts))
 
 

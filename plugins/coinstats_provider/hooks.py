@@ -296,13 +296,21 @@ def error_from_response(
         )
     if status == 403:
         return CoinStatsPermissionError(
-            status, message, hint="The API key's plan does not include this endpoint.", **kwargs
+            status,
+            message,
+            hint="The API key's plan does not include this endpoint; upgrade the CoinStats plan or use "
+            f"an API key whose plan includes {path} in connection '{conn_id}'.",
+            **kwargs,
         )
     if status == 404:
+        portfolio_route = path.startswith("/portfolio/") and path != "/portfolio/exchange"
         return CoinStatsNotFoundError(
             status,
             message,
-            hint="The portfolio does not exist for this API key; connect the exchange again.",
+            hint="The portfolio does not exist for this API key; connect the exchange again."
+            if portfolio_route
+            else f"CoinStats has no {path} at this address; check the host (base URL) of connection "
+            f"'{conn_id}' (default {DEFAULT_BASE_URL}).",
             **kwargs,
         )
     if status == 409:

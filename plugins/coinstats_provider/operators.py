@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,18 @@ if TYPE_CHECKING:
 
 #: Shows the exchange connection id instead of 0, 1, 2 for mapped connect tasks.
 MAP_INDEX_TEMPLATE = "{{ task.exchange_conn_id }}"
+
+
+@contextmanager
+def failing_fast(task: str) -> Iterator[None]:
+    """Run a block of task code, turning non-retryable provider errors into ``AirflowFailException``.
+
+    :param task: Short description of the step, for the message.
+    """
+    try:
+        yield
+    except CoinStatsError as err:
+        raise fail_fast(err, task) from err
 
 
 def fail_fast(err: CoinStatsError, task: str) -> BaseException:

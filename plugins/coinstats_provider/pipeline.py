@@ -96,8 +96,9 @@ def plan_budgets(
     """Split what is left of a run's credit budget into a per-portfolio sync and per-dataset load budget.
 
     The split is fixed up front so that parallel tasks can never overspend the run together: each
-    portfolio gets an equal share; its sync may use what the longest wait could cost; the rest is
-    shared equally by its load tasks.
+    portfolio gets an equal share; its sync gets one sync call plus status polls worth at most half of
+    the share above the minimum (and no more polls than the timeout allows); its load tasks share the
+    rest equally.
 
     :param run_budget: The run's cap, or ``None``.
     :param spent_so_far: Credits already spent (connect step).
@@ -118,8 +119,10 @@ def plan_budgets(
             f"connecting ({spent_so_far} spent), less than one sync and load needs (at least {minimum}). "
             "Raise the budget or sync fewer accounts."
         )
+    # Status polls may use at most half of what is left above the minimum; the loads share the rest.
     max_polls = max(1, math.ceil(sync_timeout / poll_interval))
-    sync_budget = min(share - (minimum - SYNC_COST - POLL_COST), SYNC_COST + max_polls * POLL_COST)
+    polls = min(max_polls, max(1, (share - minimum) // (2 * POLL_COST)))
+    sync_budget = SYNC_COST + polls * POLL_COST
     load_budget = (share - sync_budget) // datasets if datasets else 0
     return sync_budget, load_budget
 
@@ -209,7 +212,7 @@ def summarize(
     :param loads: Return values of every load task (``None`` for skipped ones).
     """
     portfolios: dict[str, dict[str, Any]] = {}
-    for account in accounts:
+    for account in _records(accounts):
         entry = portfolios.setdefault(
             account["portfolio_id"],
             {
@@ -223,7 +226,7 @@ def summarize(
         )
         entry["exchange_conn_ids"].append(account["exchange_conn_id"])
         entry["credits_spent"] += int(account.get("credits_spent") or 0)
-    for result in [*syncs, *loads]:
+    for result in [*_records(syncs), *_records(loads)]:
         if not result or result.get("portfolio_id") not in portfolios:
             continue
         entry = portfolios[result["portfolio_id"]]
@@ -239,6 +242,20 @@ def summarize(
         "rows": rows_total,
         "total_credits": sum(e["credits_spent"] for e in portfolios.values()),
     }
+
+
+def _records(values: Any) -> list[Mapping[str, Any]]:
+    """Flatten task results into records, dropping ``None`` (skipped tasks).
+
+    A mapped task with a single instance hands over its value rather than a one-element list.
+    """
+    if values is None:
+        return []
+    if isinstance(values, Mapping):
+        return [values]
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"expected task results (mappings), got text: {values[:40]!r}")
+    return [record for value in values for record in _records(value)]
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
