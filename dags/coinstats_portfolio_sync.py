@@ -9,6 +9,7 @@ Variable ``coinstats_exchange_conn_ids`` read at run time.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
@@ -20,7 +21,8 @@ from coinstats_provider.sync_operator import SyncPortfolioOperator
 
 COINSTATS_CONN_ID = "coinstats_default"
 WAREHOUSE_CONN_ID = "coinstats_warehouse"
-POOL = "coinstats_api"
+# Every CoinStats-calling task takes a slot of this pool (create it: airflow_settings.yaml / load_settings).
+POOL = os.environ.get("COINSTATS_POOL", "coinstats_api")
 ASSETS = {name: Asset(name=table, uri=f"sqlite://coinstats_warehouse/{table}") for name, table in TABLES.items()}
 
 with DAG(

@@ -109,7 +109,13 @@ def test_connected(
     result = op.execute({"ti": ti})
 
     assert result == "pf-1"
-    assert ti.pushed == [("connection_id", "binance"), ("status", "connected"), ("credits_spent", 11)]
+    # The extra link's URL is pushed first, so the link works even if anything later fails.
+    assert ti.pushed == [
+        ("portfolio_url", "https://coinstats.app/portfolio/?portfolioId=pf-1"),
+        ("connection_id", "binance"),
+        ("status", "connected"),
+        ("credits_spent", 11),
+    ]
     assert [(c.request.method, c.request.url) for c in rsps.calls] == [
         ("GET", SUPPORT_URL),
         ("POST", CONNECT_URL),
@@ -136,7 +142,12 @@ def test_existing(
     result = op.execute({"ti": ti})
 
     assert result == "pf-1"
-    assert ti.xcoms == {"connection_id": "binance", "status": "existing", "credits_spent": 11}
+    assert ti.xcoms == {
+        "portfolio_url": "https://coinstats.app/portfolio/?portfolioId=pf-1",
+        "connection_id": "binance",
+        "status": "existing",
+        "credits_spent": 11,
+    }
     assert "already connected: existing CoinStats portfolio pf-1" in logs.text
     assert "as new CoinStats portfolio" not in logs.text
 

@@ -14,6 +14,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "CoinStats",
         "description": "Connect exchange accounts to CoinStats portfolios, sync them and load them into SQL.",
         "versions": [__version__],
+        "extra-links": ["coinstats_provider.links.CoinStatsPortfolioLink"],
         "connection-types": [
             {
                 "connection-type": "coinstats",

@@ -89,6 +89,7 @@ class LoadPortfolioOperator(BaseOperator):
         hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
         super().__init__(**kwargs)
         self.portfolio_id = portfolio_id
         self.dataset = dataset

@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from coinstats_provider.exceptions import CoinStatsError, is_retryable
 from coinstats_provider.exchange_hook import CoinStatsExchangeHook
 from coinstats_provider.hooks import CoinStatsHook
+from coinstats_provider.links import CoinStatsPortfolioLink, portfolio_url
 from coinstats_provider.models import ConnectStatus
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ class ConnectExchangePortfolioOperator(BaseOperator):
 
     Idempotent: ``connected`` (new portfolio) and ``existing`` (same portfolioId as before) are both
     success. The exchange fields are validated against ``GET /exchange/support`` before the 10-credit
-    connect call is spent. Pushes ``connection_id``, ``status`` and ``credits_spent`` as extra XComs.
+    connect call is spent. Pushes ``portfolio_url`` (for the "CoinStats portfolio" link), ``connection_id``,
+    ``status`` and ``credits_spent`` as extra XComs.
 
     :param exchange_conn_id: ``coinstats_exchange`` connection holding the exchange credentials.
     :param coinstats_conn_id: ``coinstats`` connection holding the CoinStats API key.
@@ -70,6 +72,7 @@ class ConnectExchangePortfolioOperator(BaseOperator):
         "portfolio_name",
     )
     ui_color = "#f6c244"
+    operator_extra_links = (CoinStatsPortfolioLink(),)
 
     def __init__(
         self,
@@ -109,6 +112,8 @@ class ConnectExchangePortfolioOperator(BaseOperator):
             )
             fields = account.connection_fields(self.hook.get_supported_exchanges())
             result = self.hook.connect_exchange_portfolio(account.connection_id, fields, account.portfolio_name)
+            # The link goes out first, so it works even if anything after this fails.
+            ti.xcom_push(key=CoinStatsPortfolioLink.xcom_key, value=portfolio_url(result.portfolio_id))
         except CoinStatsError as err:
             raise fail_fast(err, f"Connecting exchange connection '{self.exchange_conn_id}'") from err
         finally:

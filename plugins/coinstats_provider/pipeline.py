@@ -200,16 +200,13 @@ def portfolio_work(
     return list(seen.values())
 
 
-def summarize(
-    accounts: Iterable[Mapping[str, Any]],
-    syncs: Iterable[Mapping[str, Any] | None],
-    loads: Iterable[Mapping[str, Any] | None],
-) -> dict[str, Any]:
+def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
     """Per portfolio: connect status, rows written per table and credits; plus the run's totals.
 
     :param accounts: Output of :func:`register_portfolios`.
-    :param syncs: Return values of the sync tasks (``None`` for skipped ones).
-    :param loads: Return values of every load task (``None`` for skipped ones).
+    :param syncs: Return values of the sync tasks (``None`` for skipped ones), as delivered by Airflow:
+        a list, nested lists, or a single mapping when only one task instance ran.
+    :param loads: Return values of every load task, in the same forms.
     """
     portfolios: dict[str, dict[str, Any]] = {}
     for account in _records(accounts):

@@ -71,6 +71,7 @@ class SyncPortfolioOperator(BaseOperator):
         hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
         super().__init__(**kwargs)
         self.portfolio_id = portfolio_id
         self.coinstats_conn_id = coinstats_conn_id
