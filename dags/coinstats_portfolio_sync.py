@@ -92,11 +92,13 @@ with DAG(
 
         params = get_current_context()["params"]
         with failing_fast("Resolving the exchange accounts"):
-            return pipeline.resolve_accounts(
+            conn_ids = pipeline.resolve_accounts(
                 params["exchange_conn_ids"],
                 lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
                 max_accounts=conf.getint("core", "max_map_length", fallback=1024),
             )
+            pipeline.check_budget_covers(params["credit_budget"], len(conn_ids))
+        return conn_ids
 
     accounts = resolve_accounts()
     connect = ConnectExchangePortfolioOperator.partial(

@@ -258,9 +258,9 @@ def test_credit_budget_stops_the_run_before_overspending(
 ) -> None:
     too_small = run(dag, accounts[:1], credit_budget=30)
     assert too_small.state == "failed"
-    assert states(too_small)["register_portfolios"] == ["failed"]
-    assert sandbox.stats()["credits_used"] == 11  # exchange list + connect, then stopped before any sync
-    assert "less than one sync and load needs" in caplog.text + capfd.readouterr().out
+    assert states(too_small)["resolve_accounts"] == ["failed"]
+    assert sandbox.stats()["credits_used"] == 0  # stopped before the first call
+    assert "Nothing was spent" in caplog.text + capfd.readouterr().out
 
     spent_before = sandbox.stats()["credits_used"]
     tight = run(dag, accounts[:1], credit_budget=70)

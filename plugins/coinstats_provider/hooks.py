@@ -534,7 +534,8 @@ class CoinStatsHook(BaseHook):
                 except httpx.TransportError as err:
                     error: CoinStatsError | None = CoinStatsTransportError(
                         f"CoinStats {method} {path} failed: {type(err).__name__} talking to "
-                        f"{settings.base_url} (timeout {settings.timeout:g} s)."
+                        f"{settings.base_url} (timeout {settings.timeout:g} s). Check that the host is reachable "
+                        "or raise the connection extra 'timeout'."
                     )
                 else:
                     if 200 <= response.status_code < 300:

@@ -19,6 +19,8 @@ from coinstats_provider.triggers import POLL_COST
 from coinstats_provider.warehouse import CoinStatsWarehouse
 
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
+CONNECT_COST = credit_cost("POST", "/portfolio/exchange")
+SUPPORT_COST = credit_cost("GET", "/exchange/support")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 #: The least a portfolio can cost after connecting: sync, one poll, value, one page of coins and of
 #: transactions.
@@ -83,6 +85,21 @@ def _as_list(value: Any, source: str) -> list[Any]:
     if not isinstance(value, list):
         raise CoinStatsConfigError(f"{source} must be a list of connection ids, not {type(value).__name__}.")
     return value
+
+
+def check_budget_covers(run_budget: int | None, accounts: int) -> None:
+    """Fail before anything is spent when a run's budget cannot cover even the cheapest run.
+
+    :param run_budget: The run's cap, or ``None``.
+    :param accounts: Number of exchange accounts.
+    """
+    needed = accounts * (CONNECT_COST + MIN_CREDITS_PER_PORTFOLIO) + SUPPORT_COST
+    if run_budget is not None and run_budget < needed:
+        raise CoinStatsConfigError(
+            f"The credit budget of {run_budget} cannot cover {accounts} account(s): connecting and syncing "
+            f"each takes at least {CONNECT_COST + MIN_CREDITS_PER_PORTFOLIO} credits ({needed} in all). "
+            "Nothing was spent. Raise the budget or sync fewer accounts."
+        )
 
 
 def plan_budgets(

@@ -166,8 +166,8 @@ class SyncPortfolioOperator(BaseOperator):
                 str(
                     CoinStatsSyncTimeout(
                         f"CoinStats sync of portfolio {self.portfolio_id} did not finish within "
-                        f"{float(self.sync_timeout):g} s ({polls} status polls). Raise the sync timeout "
-                        "(Param sync_timeout_minutes) or check the exchange account in CoinStats."
+                        f"{float(self.sync_timeout):g} s ({polls} status poll{'' if polls == 1 else 's'}). "
+                        "Raise the sync timeout (Param sync_timeout_minutes) or check the account in CoinStats."
                     )
                 )
             )

@@ -107,7 +107,7 @@ class PortfolioSyncTrigger(BaseTrigger):
                     return
                 self.log.info("Portfolio %s still syncing (poll %d)", self.portfolio_id, polls)
         except CoinStatsError as err:
-            polls = hook.credits.calls["GET /portfolio/status"]
+            polls = hook.credits.calls["GET /portfolio/status"] if "credits" in hook.__dict__ else 0
             yield self._event("error", polls, str(err), retryable=err.retryable)
         except asyncio.CancelledError:
             self.log.info("Stopped waiting for portfolio %s (trigger cancelled)", self.portfolio_id)

@@ -1,0 +1,7 @@
+# Astro Runtime image for Airflow 3. The runtime's ONBUILD steps copy this project to /usr/local/airflow
+# and install requirements.txt (the packages this project needs on top of the Airflow in the image).
+# The line below then installs the project itself as a provider distribution, which registers the
+# `coinstats` and `coinstats_exchange` connection types and the extra link (plugins/ alone cannot).
+ARG ASTRO_RUNTIME_IMAGE=astrocrpublic.azurecr.io/runtime:3.1-7
+FROM ${ASTRO_RUNTIME_IMAGE}
+RUN pip install --no-cache-dir --no-deps /usr/local/airflow
