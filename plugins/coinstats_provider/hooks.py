@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -432,29 +433,49 @@ class CoinStatsHook(BaseHook):
         ceiling = min(settings.backoff_max, settings.backoff_base * 2.0**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def _outcome(
-        self, method: str, path: str, status: int, content: bytes, secrets: Collection[str]
-    ) -> tuple[Any, CoinStatsError | None]:
-        """Turn one HTTP answer into ``(json, None)`` or ``(None, error)``; raise if not retryable."""
+    def _answered(
+        self,
+        method: str,
+        path: str,
+        cost: int,
+        status: int,
+        content: bytes,
+        headers: Mapping[str, str],
+        secrets: Collection[str],
+    ) -> tuple[Any, CoinStatsError | None, float | None]:
+        """Turn one HTTP answer into ``(json, None, None)`` or ``(None, retryable error, Retry-After)``.
+
+        Counts the credits of a 2xx answer; raises non-retryable errors at once.
+        """
         if 200 <= status < 300:
+            self.credits.record(method, path, cost)
             try:
-                return json.loads(content), None
+                return json.loads(content), None, None
             except ValueError:
-                return None, CoinStatsResponseError(
+                error: CoinStatsError = CoinStatsResponseError(
                     f"CoinStats {method} {path} answered {status} with malformed or truncated JSON.",
                     retryable=True,
                 )
+                return None, error, None
         error = error_from_response(status, content, path, secrets, self.coinstats_conn_id)
         if status not in RETRYABLE_STATUS or isinstance(error, CoinStatsCreditsExhaustedError):
             raise error
-        return None, error
+        return None, error, parse_retry_after(headers.get("Retry-After"))
 
-    def _raise_if_exhausted(self, attempt: int, error: CoinStatsError) -> None:
+    def _transport_error(self, method: str, path: str, err: Exception) -> CoinStatsTransportError:
+        settings = self.settings
+        return CoinStatsTransportError(
+            f"CoinStats {method} {path} failed: {type(err).__name__} talking to {settings.base_url} "
+            f"(timeout {settings.timeout:g} s). Check that the host is reachable or raise the connection "
+            "extra 'timeout'."
+        )
+
+    def _backoff(self, method: str, path: str, attempt: int, error: CoinStatsError, retry_after: float | None) -> float:
+        """Return how long to wait before the next attempt, or raise ``error`` when retries are used up."""
         if attempt >= self.settings.max_retries:
             raise error
         self.credits.retries += 1
-
-    def _log_retry(self, method: str, path: str, attempt: int, error: CoinStatsError, delay: float) -> None:
+        delay = self._delay(attempt, retry_after)
         self.log.warning(
             "CoinStats %s %s failed (%s); retry %d of %d in %.1f s",
             method,
@@ -464,6 +485,7 @@ class CoinStatsHook(BaseHook):
             self.settings.max_retries,
             delay,
         )
+        return delay
 
     def request(
         self,
@@ -487,31 +509,22 @@ class CoinStatsHook(BaseHook):
         self.credits.check(method, path, cost)
         all_secrets = (settings.api_key, *secrets)
         url = settings.base_url + path
-        attempt = 0
-        while True:
-            retry_after: float | None = None
+        for attempt in itertools.count():
             try:
                 response = self.session.request(method, url, params=params, json=json_body, timeout=settings.timeout)
             except _TRANSPORT_ERRORS as err:
-                error: CoinStatsError | None = CoinStatsTransportError(
-                    f"CoinStats {method} {path} failed: {type(err).__name__} talking to "
-                    f"{settings.base_url} (timeout {settings.timeout:g} s). Check that the host is reachable "
-                    "or raise the connection extra 'timeout'."
-                )
+                error: CoinStatsError | None = self._transport_error(method, path, err)
+                retry_after: float | None = None
             else:
                 with response:
-                    if 200 <= response.status_code < 300:
-                        self.credits.record(method, path, cost)
-                    data, error = self._outcome(method, path, response.status_code, response.content, all_secrets)
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    data, error, retry_after = self._answered(
+                        method, path, cost, response.status_code, response.content, response.headers, all_secrets
+                    )
                 if error is None:
                     return data
             assert error is not None
-            self._raise_if_exhausted(attempt, error)
-            delay = self._delay(attempt, retry_after)
-            self._log_retry(method, path, attempt, error, delay)
-            self._sleep(delay)
-            attempt += 1
+            self._sleep(self._backoff(method, path, attempt, error, retry_after))
+        raise AssertionError("unreachable")
 
     async def arequest(self, method: str, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
         """Async variant of :meth:`request` (used by triggers); same retry and error policy.
@@ -523,35 +536,25 @@ class CoinStatsHook(BaseHook):
         settings = await self.asettings()
         cost = credit_cost(method, path, params)
         self.credits.check(method, path, cost)
+        secrets = (settings.api_key,)
         async with httpx.AsyncClient(
             base_url=settings.base_url, headers=self._headers(settings), timeout=settings.timeout
         ) as client:
-            attempt = 0
-            while True:
-                retry_after: float | None = None
+            for attempt in itertools.count():
                 try:
                     response = await client.request(method, path, params=params)
                 except httpx.TransportError as err:
-                    error: CoinStatsError | None = CoinStatsTransportError(
-                        f"CoinStats {method} {path} failed: {type(err).__name__} talking to "
-                        f"{settings.base_url} (timeout {settings.timeout:g} s). Check that the host is reachable "
-                        "or raise the connection extra 'timeout'."
-                    )
+                    error: CoinStatsError | None = self._transport_error(method, path, err)
+                    retry_after: float | None = None
                 else:
-                    if 200 <= response.status_code < 300:
-                        self.credits.record(method, path, cost)
-                    data, error = self._outcome(
-                        method, path, response.status_code, response.content, (settings.api_key,)
+                    data, error, retry_after = self._answered(
+                        method, path, cost, response.status_code, response.content, response.headers, secrets
                     )
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     if error is None:
                         return data
                 assert error is not None
-                self._raise_if_exhausted(attempt, error)
-                delay = self._delay(attempt, retry_after)
-                self._log_retry(method, path, attempt, error, delay)
-                await self._asleep(delay)
-                attempt += 1
+                await self._asleep(self._backoff(method, path, attempt, error, retry_after))
+        raise AssertionError("unreachable")
 
     # -- exchange connection ---------------------------------------------------------------------
 
