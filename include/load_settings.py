@@ -102,7 +102,9 @@ def parse_settings(path: Path) -> Settings:
 
 
 def _list(root: Mapping[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
-    value = root.get(key) or []
+    value = root.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise SettingsError(f"{path}: 'airflow.{key}' must be a list of mappings.")
     return value
