@@ -97,7 +97,7 @@ with DAG(
                 lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
                 max_accounts=conf.getint("core", "max_map_length", fallback=1024),
             )
-            pipeline.check_budget_covers(params["credit_budget"], len(conn_ids))
+            pipeline.check_budget_covers(params["credit_budget"], len(conn_ids), len(params["datasets"]))
         return conn_ids
 
     accounts = resolve_accounts()

@@ -779,7 +779,7 @@ CASES: tuple[Case, ...] = (
         "budget-too-small",
         "run credit budget 60 for 1 portfolio x 3 datasets",
         _budget_too_small,
-        ("leaves 49 credits per portfolio", "at least 55", "Raise the budget or sync fewer accounts"),
+        ("leaves 49 credits per portfolio", "at least 63", "Raise the budget or sync fewer accounts"),
         credits=0,
         requests=0,
         failed_requests=0,

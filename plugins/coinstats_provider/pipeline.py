@@ -33,6 +33,17 @@ MIN_CREDITS_PER_PORTFOLIO = (
 )
 
 
+def min_credits_per_portfolio(datasets: int) -> int:
+    """The least one portfolio needs after connecting, given that its loads share their budget equally.
+
+    :param datasets: Number of selected datasets.
+    """
+    if not datasets:
+        return SYNC_COST + POLL_COST
+    dearest = credit_cost("GET", "/portfolio/value")
+    return max(MIN_CREDITS_PER_PORTFOLIO, SYNC_COST + POLL_COST + datasets * dearest)
+
+
 def resolve_accounts(
     param_value: Any, read_variable: Callable[[], str | None], max_accounts: int | None = None
 ) -> list[str]:
@@ -87,17 +98,19 @@ def _as_list(value: Any, source: str) -> list[Any]:
     return value
 
 
-def check_budget_covers(run_budget: int | None, accounts: int) -> None:
+def check_budget_covers(run_budget: int | None, accounts: int, datasets: int) -> None:
     """Fail before anything is spent when a run's budget cannot cover even the cheapest run.
 
     :param run_budget: The run's cap, or ``None``.
     :param accounts: Number of exchange accounts.
+    :param datasets: Number of selected datasets.
     """
-    needed = accounts * (CONNECT_COST + MIN_CREDITS_PER_PORTFOLIO) + SUPPORT_COST
+    each = CONNECT_COST + min_credits_per_portfolio(datasets)
+    needed = accounts * each + SUPPORT_COST
     if run_budget is not None and run_budget < needed:
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} cannot cover {accounts} account(s): connecting and syncing "
-            f"each takes at least {CONNECT_COST + MIN_CREDITS_PER_PORTFOLIO} credits ({needed} in all). "
+            f"each takes at least {each} credits ({needed} in all). "
             "Nothing was spent. Raise the budget or sync fewer accounts."
         )
 
@@ -129,7 +142,7 @@ def plan_budgets(
     if portfolios <= 0:
         return 0, 0
     share = (run_budget - spent_so_far) // portfolios
-    minimum = MIN_CREDITS_PER_PORTFOLIO if datasets else SYNC_COST + POLL_COST
+    minimum = min_credits_per_portfolio(datasets)
     if share < minimum:
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} leaves {max(share, 0)} credits per portfolio after "
@@ -161,7 +174,7 @@ def register_portfolios(
     :param statuses: ``connected`` / ``existing`` per connect task.
     :param connect_credits: Credits spent per connect task.
     """
-    if not len(exchange_conn_ids) == len(portfolio_ids) == len(connection_ids) == len(statuses):
+    if not len(exchange_conn_ids) == len(portfolio_ids) == len(connection_ids) == len(statuses) >= len(connect_credits):
         raise ValueError("connect results do not line up with the exchange connections")
     warehouse = CoinStatsWarehouse(warehouse_conn_id)
     warehouse.ensure_schema()

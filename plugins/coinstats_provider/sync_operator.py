@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -93,9 +94,13 @@ class SyncPortfolioOperator(BaseOperator):
         try:
             timeout, interval = float(self.sync_timeout), float(self.poll_interval)
         except (TypeError, ValueError):
-            raise AirflowFailException("sync_timeout and poll_interval must be numbers of seconds.") from None
-        if timeout <= 0 or interval <= 0:
-            raise AirflowFailException("sync_timeout and poll_interval must be positive.")
+            raise AirflowFailException(
+                f"Task {self.task_id}: sync_timeout and poll_interval must be numbers of seconds."
+            ) from None
+        if not (0 < timeout < math.inf and 0 < interval < math.inf):
+            raise AirflowFailException(
+                f"Task {self.task_id}: sync_timeout and poll_interval must be positive, finite seconds."
+            )
         return timeout, interval
 
     def _max_polls(self) -> int | None:
@@ -152,7 +157,8 @@ class SyncPortfolioOperator(BaseOperator):
         :param event: The event from :class:`PortfolioSyncTrigger`.
         """
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
-            raise AirflowException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")
+            # A malformed event is a bug, not a passing fault: retrying would only pay for another sync.
+            raise AirflowFailException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")
         polls = int(event.get("polls") or 0)
         spent = SYNC_COST + polls * POLL_COST
         context["ti"].xcom_push(key="credits_spent", value=spent)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from coinstats_provider.credits import credit_cost
@@ -109,6 +110,9 @@ class PortfolioSyncTrigger(BaseTrigger):
         except CoinStatsError as err:
             polls = hook.credits.calls["GET /portfolio/status"] if "credits" in hook.__dict__ else 0
             yield self._event("error", polls, str(err), retryable=err.retryable)
+        except AirflowNotFoundException:
+            message = f"The CoinStats connection '{self.coinstats_conn_id}' is not defined where the triggerer runs."
+            yield self._event("error", 0, message, retryable=False)
         except asyncio.CancelledError:
             self.log.info("Stopped waiting for portfolio %s (trigger cancelled)", self.portfolio_id)
             raise
