@@ -15,7 +15,10 @@ import pytest
 
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import CANARIES, ROOT, assert_no_canary, set_connection
-from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401
+from tests.postgres_server import PostgresServer
+
+# One PostgreSQL server per test session, shared with every module that lists this plugin.
+pytest_plugins = ["tests.postgres_server"]
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +173,7 @@ def test_reruns_leave_postgres_tables_identical(
     dag: Any,
     accounts: list[str],
     sandbox: SandboxServer,
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     database = postgres_server.create_database("warehouse_e2e")

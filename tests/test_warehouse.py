@@ -20,7 +20,7 @@ import pytest
 
 from coinstats_provider.transform import TransactionKeyer, coin_rows, transaction_rows, value_row
 from coinstats_provider.warehouse import TABLES, CoinStatsWarehouse
-from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401  (fixture)
+from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTFOLIO = "pf-main"
@@ -32,6 +32,9 @@ TXNS = "coinstats_portfolio_transactions"
 PORTFOLIOS = "coinstats_portfolios"
 BATCH = 50
 _db_counter = itertools.count()
+
+# One PostgreSQL server per test session, shared with every module that lists this plugin.
+pytest_plugins = ["tests.postgres_server"]
 
 
 # -- synthetic CoinStats data (also used by the child process in the SIGKILL test) -------------

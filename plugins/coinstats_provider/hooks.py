@@ -16,15 +16,13 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-import requests
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
-from requests.adapters import HTTPAdapter
 
 from coinstats_provider import __version__
 from coinstats_provider.credits import CreditMeter, credit_cost
@@ -47,6 +45,10 @@ from coinstats_provider.exceptions import (
 )
 from coinstats_provider.models import ConnectResult, ConnectStatus, CreditUsage, SupportedExchange, SyncStatus
 
+if TYPE_CHECKING:
+    # requests is imported when a task first sends a request, not when a DAG file is parsed.
+    import requests
+
 DEFAULT_BASE_URL = "https://openapiv1.coinstats.app"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RETRIES = 5
@@ -58,7 +60,6 @@ USER_AGENT = f"airflow-provider-coinstats/{__version__}"
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _EXCHANGE_ROUTES = ("/portfolio/exchange", "/exchange/", "/portfolio/sync")
-_TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _MAX_MESSAGE = 300
 
 # In-process cache of GET /exchange/support, keyed by base URL: (fetched_at, exchanges).
@@ -405,6 +406,9 @@ class CoinStatsHook(BaseHook):
     @cached_property
     def session(self) -> requests.Session:
         """One pooled session, built on first use."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
         session = requests.Session()
         session.headers.update(self._headers(self.settings))
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
@@ -512,7 +516,7 @@ class CoinStatsHook(BaseHook):
         for attempt in itertools.count():
             try:
                 response = self.session.request(method, url, params=params, json=json_body, timeout=settings.timeout)
-            except _TRANSPORT_ERRORS as err:
+            except _transport_errors() as err:
                 error: CoinStatsError | None = self._transport_error(method, path, err)
                 retry_after: float | None = None
             else:
@@ -769,6 +773,13 @@ class CoinStatsHook(BaseHook):
         """
         params = {"portfolioId": portfolio_id, "currency": currency or "USD"}
         return self._pages("/portfolio/transactions", params, ("data", "result"), page_size, start_page)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The ``requests`` errors that mean the request may not have reached CoinStats (retryable)."""
+    import requests
+
+    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def _short(error: CoinStatsError) -> str:

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cached_property
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    # Imported when a task first touches the warehouse, not when a DAG file is parsed.
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 __all__ = ["TABLES", "CoinStatsWarehouse", "SnapshotTable", "TableSpec"]
 
@@ -200,6 +203,8 @@ class CoinStatsWarehouse:
     @cached_property
     def hook(self) -> DbApiHook:
         """The common-sql hook of the warehouse connection."""
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+
         connection = BaseHook.get_connection(self.warehouse_conn_id)
         hook = connection.get_hook()  # type: ignore[no-untyped-call]
         if not isinstance(hook, DbApiHook):
