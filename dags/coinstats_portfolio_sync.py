@@ -23,7 +23,8 @@ COINSTATS_CONN_ID = "coinstats_default"
 WAREHOUSE_CONN_ID = "coinstats_warehouse"
 # Every CoinStats-calling task takes a slot of this pool (create it: airflow_settings.yaml / load_settings).
 POOL = os.environ.get("COINSTATS_POOL", "coinstats_api")
-ASSETS = {name: Asset(name=table, uri=f"sqlite://coinstats_warehouse/{table}") for name, table in TABLES.items()}
+# One Asset per warehouse table (SQLite or PostgreSQL), so downstream DAGs can be scheduled on the data.
+ASSETS = {name: Asset(name=table) for name, table in TABLES.items()}
 
 with DAG(
     dag_id="coinstats_portfolio_sync",
@@ -121,11 +122,10 @@ with DAG(
                     for key in ("connection_id", "status", "credits_spent")
                 ),
             )
-            work = pipeline.portfolio_work(records, None, None)
             sync_budget, load_budget = pipeline.plan_budgets(
                 params["credit_budget"],
                 sum(r["credits_spent"] for r in records),
-                len(work),
+                len({r["portfolio_id"] for r in records}),
                 len(params["datasets"]),
                 params["sync_timeout_minutes"] * 60,
                 params["sync_poll_seconds"],
@@ -165,7 +165,7 @@ with DAG(
             results[dataset] = load.output
             sync >> load
 
-    portfolios = sync_and_load.expand_kwargs(registered)
+    sync_and_load.expand_kwargs(registered)
 
     @task(trigger_rule="none_failed", multiple_outputs=False)
     def summary(syncs: list[Any], values: list[Any], coins: list[Any], transactions: list[Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 import requests
 import responses
 
+from coinstats_provider.load_operator import DATASETS, TABLES
 from tests.conftest import BASE_URL, CANARIES, ROOT, SUPPORT, assert_no_canary
 
 DAGS = ROOT / "dags"
@@ -102,3 +103,23 @@ def test_mapped_connect_runs_in_airflow(
     out, err = capfd.readouterr()
     assert "pf-okx" in out + err
     assert_no_canary(out, err, rows)
+
+
+def test_main_dag_shape_pool_and_assets() -> None:
+    dag = _dagbag().dags["coinstats_portfolio_sync"]
+    assert dag.timetable.expression == "0 0 * * *"  # @daily
+    assert dag.catchup is False
+    assert set(dag.params) == {
+        "exchange_conn_ids",
+        "datasets",
+        "sync_timeout_minutes",
+        "sync_poll_seconds",
+        "credit_budget",
+        "deferrable",
+    }
+    calling = ["connect_exchange_portfolio", "portfolio.sync", *(f"portfolio.load_{d}" for d in DATASETS)]
+    for task_id in calling:
+        assert dag.get_task(task_id).pool == "coinstats_api", task_id
+    for dataset, table in TABLES.items():
+        outlets = dag.get_task(f"portfolio.load_{dataset}").outlets
+        assert [asset.name for asset in outlets] == [table]
