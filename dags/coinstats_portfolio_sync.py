@@ -3,7 +3,8 @@
 ``resolve_accounts`` → ``connect_exchange_portfolio`` (mapped) → ``register_portfolios`` → per portfolio
 (mapped group): ``sync`` (deferrable wait) → ``load_value`` / ``load_coins`` / ``load_transactions``
 → ``summary``. Accounts come from the ``exchange_conn_ids`` Param or, when it is empty, from the
-Variable ``coinstats_exchange_conn_ids`` read at run time.
+Variable ``coinstats_exchange_conn_ids`` read at run time. Accounts beyond ``[core] max_map_length`` go to
+a follow-up run of this DAG (``continue_with_remaining_accounts``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import datetime as dt
 import os
 from typing import Any
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowSkipException
 
 from coinstats_provider import pipeline
 from coinstats_provider.load_operator import DATASETS, TABLES, LoadPortfolioOperator
 from coinstats_provider.operators import ConnectExchangePortfolioOperator, failing_fast
 from coinstats_provider.sync_operator import SyncPortfolioOperator
 
+DAG_ID = "coinstats_portfolio_sync"
 COINSTATS_CONN_ID = "coinstats_default"
 WAREHOUSE_CONN_ID = "coinstats_warehouse"
 # Every CoinStats-calling task takes a slot of this pool (create it: airflow_settings.yaml / load_settings).
@@ -27,7 +31,7 @@ POOL = os.environ.get("COINSTATS_POOL", "coinstats_api")
 ASSETS = {name: Asset(name=table) for name, table in TABLES.items()}
 
 with DAG(
-    dag_id="coinstats_portfolio_sync",
+    dag_id=DAG_ID,
     schedule="@daily",
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
@@ -88,20 +92,42 @@ with DAG(
 
     @task
     def resolve_accounts() -> list[str]:
-        """The exchange connections of this run (Param, else the Variable, read now, not at parse time)."""
+        """This run's batch of exchange connections (Param, else the Variable, read now, not at parse time).
+
+        More accounts than one run can map ([core] max_map_length) are not an error: the rest is pushed as
+        XCom ``remaining`` and handed to a follow-up run by ``continue_with_remaining_accounts``.
+        """
         from airflow.sdk import Variable, conf
 
-        params = get_current_context()["params"]
+        context = get_current_context()
+        params = context["params"]
         with failing_fast("Resolving the exchange accounts"):
             conn_ids = pipeline.resolve_accounts(
-                params["exchange_conn_ids"],
-                lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None),
-                max_accounts=conf.getint("core", "max_map_length", fallback=1024),
+                params["exchange_conn_ids"], lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None)
             )
-            pipeline.check_budget_covers(params["credit_budget"], len(conn_ids), len(params["datasets"]))
-        return conn_ids
+            batch, remaining = pipeline.split_batch(conn_ids, conf.getint("core", "max_map_length", fallback=1024))
+            pipeline.check_budget_covers(params["credit_budget"], len(batch), len(params["datasets"]))
+        if remaining:
+            print(f"{len(conn_ids)} accounts: this run syncs {len(batch)}, a follow-up run the other {len(remaining)}")
+        context["ti"].xcom_push(key="remaining", value=remaining)
+        return batch
+
+    @task
+    def remaining_accounts_conf() -> dict[str, Any]:
+        """Conf of the follow-up run for the accounts this run could not map; skipped when there are none."""
+        context = get_current_context()
+        remaining = context["ti"].xcom_pull(task_ids="resolve_accounts", key="remaining")
+        if not remaining:
+            raise AirflowSkipException("Every account fits into this run.")
+        return {**{key: context["params"][key] for key in context["params"]}, "exchange_conn_ids": remaining}
 
     accounts = resolve_accounts()
+    # With max_active_runs=1 the follow-up run starts when this one has finished.
+    accounts >> TriggerDagRunOperator(
+        task_id="continue_with_remaining_accounts",
+        trigger_dag_id=DAG_ID,
+        conf=remaining_accounts_conf(),  # type: ignore[arg-type]
+    )
     connect = ConnectExchangePortfolioOperator.partial(
         task_id="connect_exchange_portfolio", coinstats_conn_id=COINSTATS_CONN_ID, pool=POOL
     ).expand(exchange_conn_id=accounts)

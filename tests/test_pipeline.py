@@ -22,6 +22,7 @@ from coinstats_provider.pipeline import (
     portfolio_work,
     register_portfolios,
     resolve_accounts,
+    split_batch,
     summarize,
 )
 from coinstats_provider.sync_operator import SYNC_COST
@@ -126,15 +127,12 @@ def test_duplicates_are_dropped_keeping_the_first_order() -> None:
     assert resolve_accounts(None, Variable("ex_b,ex_b,ex_a")) == ["ex_b", "ex_a"]
 
 
-def test_max_accounts() -> None:
+def test_split_batch_keeps_order_and_hands_the_rest_on() -> None:
     ids = ["ex_a", "ex_b", "ex_c"]
 
-    assert resolve_accounts(ids, no_variable, max_accounts=3) == ids
-    assert resolve_accounts([*ids, "ex_a"], no_variable, max_accounts=3) == ids  # counted after dedupe
-    with pytest.raises(CoinStatsConfigError) as info:
-        resolve_accounts(ids, no_variable, max_accounts=2)
-    assert "lists 3 accounts, more than the 2 one run can map" in str(info.value)
-    assert "max_map_length" in str(info.value)
+    assert split_batch(ids, 3) == (ids, [])
+    assert split_batch(ids, 2) == (["ex_a", "ex_b"], ["ex_c"])
+    assert split_batch(ids, 0) == (["ex_a"], ["ex_b", "ex_c"])  # never an empty batch
 
 
 # -- plan_budgets ----------------------------------------------------------------------------------

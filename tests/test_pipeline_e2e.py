@@ -276,3 +276,34 @@ def test_credit_budget_stops_the_run_before_overspending(
     assert enough.state == "success", states(enough)
     total = summary_of(enough)["total_credits"]
     assert total == sandbox.stats()["credits_used"] - spent_before <= 400
+
+
+def test_accounts_beyond_max_map_length_go_to_a_follow_up_run(
+    airflow_db: Path,
+    dag: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    accounts: list[str],
+    sandbox: SandboxServer,
+    sqlite_warehouse: Path,
+) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    first = run(dag, accounts, datasets=["value"])
+    assert first.state == "success", states(first)
+    assert states(first)["continue_with_remaining_accounts"] == ["success"]
+    assert sorted(p["exchange_conn_ids"][0] for p in summary_of(first)["portfolios"]) == sorted(accounts[:2])
+    with create_session() as session:
+        follow_up = session.scalars(
+            select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc()).limit(1)
+        ).one()
+    assert follow_up.run_id != first.run_id
+    assert follow_up.conf["exchange_conn_ids"] == accounts[2:]
+    assert follow_up.conf["datasets"] == ["value"]  # the other Params carry over
+
+    second = run(dag, follow_up.conf["exchange_conn_ids"], datasets=["value"])
+    assert second.state == "success", states(second)
+    assert states(second)["continue_with_remaining_accounts"] == ["skipped"]
+    assert len(warehouse_tables()["coinstats_portfolio_values"]) == 3

@@ -44,14 +44,11 @@ def min_credits_per_portfolio(datasets: int) -> int:
     return max(MIN_CREDITS_PER_PORTFOLIO, SYNC_COST + POLL_COST + datasets * dearest)
 
 
-def resolve_accounts(
-    param_value: Any, read_variable: Callable[[], str | None], max_accounts: int | None = None
-) -> list[str]:
+def resolve_accounts(param_value: Any, read_variable: Callable[[], str | None]) -> list[str]:
     """Return the exchange connection ids of this run: the Param, else the Variable (read at run time).
 
     :param param_value: Value of the ``exchange_conn_ids`` Param (list, JSON text or comma-separated text).
     :param read_variable: Returns the raw ``coinstats_exchange_conn_ids`` Variable, or ``None`` if unset.
-    :param max_accounts: Upper bound (e.g. ``[core] max_map_length``); more accounts fail with a clear message.
     """
     ids = _as_list(param_value, "Param 'exchange_conn_ids'")
     source = "Param 'exchange_conn_ids'"
@@ -73,12 +70,17 @@ def resolve_accounts(
             )
         if conn_id not in unique:
             unique.append(conn_id)
-    if max_accounts is not None and len(unique) > max_accounts:
-        raise CoinStatsConfigError(
-            f"{source} lists {len(unique)} accounts, more than the {max_accounts} one run can map "
-            "([core] max_map_length). Split them over several runs or raise max_map_length."
-        )
     return unique
+
+
+def split_batch(conn_ids: Sequence[str], max_map_length: int) -> tuple[list[str], list[str]]:
+    """Split accounts into what one run can map and the rest, for a follow-up run.
+
+    :param conn_ids: All accounts, in order.
+    :param max_map_length: ``[core] max_map_length``.
+    """
+    size = max(1, max_map_length)
+    return list(conn_ids[:size]), list(conn_ids[size:])
 
 
 def _as_list(value: Any, source: str) -> list[Any]:
