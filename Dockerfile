@@ -2,7 +2,7 @@
 # and install requirements.txt (the packages this project needs on top of the Airflow in the image).
 # The line below then installs the project itself as a provider distribution, which registers the
 # `coinstats` and `coinstats_exchange` connection types and the extra link (plugins/ alone cannot).
-# Runtime 3.3-x ships Airflow 3.3. This file was not built here: no Docker engine on this machine.
+# Runtime 3.3-x ships Airflow 3.3. The test suite does not build this image (that needs a Docker engine).
 ARG ASTRO_RUNTIME_IMAGE=astrocrpublic.azurecr.io/runtime:3.3-2
 FROM ${ASTRO_RUNTIME_IMAGE}
 RUN pip install --no-cache-dir --no-deps /usr/local/airflow
