@@ -100,6 +100,7 @@ class LoadPortfolioOperator(BaseOperator):
         self.page_size = page_size
         self.credit_budget = credit_budget
         self.hook_params = hook_params or {}
+        self._pages = 0
 
     @cached_property
     def hook(self) -> CoinStatsHook:
