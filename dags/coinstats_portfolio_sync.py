@@ -122,11 +122,13 @@ with DAG(
         return {**{key: context["params"][key] for key in context["params"]}, "exchange_conn_ids": remaining}
 
     accounts = resolve_accounts()
+    follow_up_conf = remaining_accounts_conf()
+    accounts >> follow_up_conf  # it reads the XCom "remaining" that resolve_accounts pushes
     # With max_active_runs=1 the follow-up run starts when this one has finished.
-    accounts >> TriggerDagRunOperator(
+    TriggerDagRunOperator(
         task_id="continue_with_remaining_accounts",
         trigger_dag_id=DAG_ID,
-        conf=remaining_accounts_conf(),  # type: ignore[arg-type]
+        conf=follow_up_conf,  # type: ignore[arg-type]
     )
     connect = ConnectExchangePortfolioOperator.partial(
         task_id="connect_exchange_portfolio", coinstats_conn_id=COINSTATS_CONN_ID, pool=POOL

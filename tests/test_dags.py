@@ -123,3 +123,6 @@ def test_main_dag_shape_pool_and_assets() -> None:
     for dataset, table in TABLES.items():
         outlets = dag.get_task(f"portfolio.load_{dataset}").outlets
         assert [asset.name for asset in outlets] == [table]
+    # The follow-up conf reads resolve_accounts' XCom "remaining": it must run after it, or it would skip.
+    assert "resolve_accounts" in dag.get_task("remaining_accounts_conf").upstream_task_ids
+    assert dag.get_task("continue_with_remaining_accounts").upstream_task_ids == {"remaining_accounts_conf"}

@@ -70,8 +70,21 @@ def make_operator(**kwargs: Any) -> SyncPortfolioOperator:
     return SyncPortfolioOperator(**kwargs)
 
 
-def context(ti: FakeTI) -> Any:
-    return {"ti": ti}
+class FakeStore:
+    """Airflow's task state store: keys kept across the tries of one task instance."""
+
+    def __init__(self, **values: Any) -> None:
+        self.values: dict[str, Any] = dict(values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.values[key])) if key in self.values else default
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.loads(json.dumps(value))  # stored as JSON, like the metadata DB
+
+
+def context(ti: FakeTI, store: FakeStore | None = None) -> Any:
+    return {"ti": ti} if store is None else {"ti": ti, "task_state_store": store}
 
 
 def register_sync(rsps: responses.RequestsMock, status: int = 200, body: Any = None) -> None:
@@ -290,7 +303,7 @@ def test_success_event_returns_the_summary(logs: pytest.LogCaptureFixture) -> No
 
     assert result == {"portfolio_id": PID, "polls": 4, "credits_spent": 42}
     assert ti.pushed == [("credits_spent", 42)]
-    assert "credits spent by this task: 42 (sync 30 + 4 status polls)" in logs.text
+    assert "credits spent by this task: 42 (30 before this wait + 4 status polls)" in logs.text
 
 
 def test_success_event_without_polls_counts_zero() -> None:
@@ -345,6 +358,92 @@ def test_non_retryable_error_event_fails_fast(retryable: bool | None) -> None:
         make_operator().execute_complete(context(ti), event)
 
     assert ti.pushed == [("credits_spent", 30)]
+
+
+# -- retries: the sync an earlier try started is kept in the task state store ---------------------
+
+
+def test_first_try_records_the_sync_in_the_task_state_store(coinstats_conn: Any, rsps: responses.RequestsMock) -> None:
+    register_sync(rsps)
+    store = FakeStore()
+    before = time.time()
+
+    with pytest.raises(TaskDeferred) as info:
+        make_operator(sync_timeout=600).execute(context(FakeTI(), store))
+
+    state = store.values[sync_operator.STATE_KEY]
+    assert state["portfolio_id"] == PID
+    assert state["credits"] == SYNC_COST
+    assert state["deadline"] == info.value.trigger.serialize()[1]["end_time"]
+    assert before + 600 <= state["deadline"] <= time.time() + 600
+
+
+def test_retry_waits_for_the_running_sync_instead_of_paying_for_another(
+    coinstats_conn: Any, rsps: responses.RequestsMock, logs: pytest.LogCaptureFixture
+) -> None:
+    deadline = time.time() + 300
+    store = FakeStore(coinstats_sync={"portfolio_id": PID, "deadline": deadline, "credits": 36})
+    ti = FakeTI()
+
+    with pytest.raises(TaskDeferred) as info:
+        make_operator(sync_timeout=600).execute(context(ti, store))
+
+    assert len(rsps.calls) == 0  # no second PATCH: 30 credits saved
+    assert info.value.trigger.serialize()[1]["end_time"] == deadline  # the first try's deadline still holds
+    assert ti.pushed == [("credits_spent", 36)]
+    assert "waiting for that sync instead of paying 30 credits for another" in logs.text
+
+
+def test_retry_on_the_worker_polls_without_a_second_sync(
+    coinstats_conn: Any, rsps: responses.RequestsMock, clock: FakeClock
+) -> None:
+    register_statuses(rsps, SYNCING, SYNCED)
+    store = FakeStore(coinstats_sync={"portfolio_id": PID, "deadline": clock.now + 100, "credits": 30})
+    ti = FakeTI()
+
+    result = make_operator(deferrable=False, poll_interval=10).execute(context(ti, store))
+
+    assert methods(rsps) == ["GET", "GET"]
+    assert result == {"portfolio_id": PID, "polls": 2, "credits_spent": 36}
+    assert store.values["coinstats_sync"]["credits"] == 36  # a further retry adds to the total
+    assert ti.pushed == [("credits_spent", 30), ("credits_spent", 36)]
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        # the earlier sync's deadline has passed: a new sync, its credits added to the earlier tries'
+        ({"portfolio_id": PID, "deadline": 1.0, "credits": 33}, 33 + SYNC_COST),
+        ({"portfolio_id": "pf-other", "deadline": 9e12, "credits": 33}, SYNC_COST),  # re-rendered portfolio id
+        ({"portfolio_id": PID, "deadline": "soon", "credits": 33}, SYNC_COST),
+        ("not-a-dict", SYNC_COST),
+    ],
+    ids=["expired", "other-portfolio", "unreadable", "not-a-dict"],
+)
+def test_retry_starts_a_new_sync_when_the_earlier_one_cannot_be_reused(
+    coinstats_conn: Any, rsps: responses.RequestsMock, state: Any, expected: int
+) -> None:
+    register_sync(rsps)
+    store = FakeStore(coinstats_sync=state)
+    ti = FakeTI()
+
+    with pytest.raises(TaskDeferred):
+        make_operator().execute(context(ti, store))
+
+    assert methods(rsps) == ["PATCH"]
+    assert ti.pushed == [("credits_spent", expected)]
+    assert store.values["coinstats_sync"]["credits"] == expected
+
+
+def test_execute_complete_adds_the_polls_to_the_credits_of_all_tries() -> None:
+    store = FakeStore(coinstats_sync={"portfolio_id": PID, "deadline": 9e12, "credits": 60})
+    ti = FakeTI()
+
+    result = make_operator().execute_complete(context(ti, store), {"status": "success", "polls": 2})
+
+    assert result == {"portfolio_id": PID, "polls": 2, "credits_spent": 66}
+    assert ti.pushed == [("credits_spent", 66)]
+    assert store.values["coinstats_sync"]["credits"] == 66
 
 
 # -- failures before waiting -----------------------------------------------------------------------

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 SYNC_COST = credit_cost("PATCH", "/portfolio/sync", {"portfolioId": "x"})
+#: Task state store key: the sync this task instance started (portfolio_id, deadline, credits so far).
+STATE_KEY = "coinstats_sync"
 
 
 def as_bool(value: Any) -> bool:
@@ -39,7 +41,12 @@ class SyncPortfolioOperator(BaseOperator):
 
     Deferrable by default: the wait runs in :class:`PortfolioSyncTrigger` with its own deadline, so no
     worker slot (and no pool slot) is held. ``deferrable=False`` polls on the worker for setups without a
-    triggerer. Returns ``{"portfolio_id", "polls", "credits_spent"}``.
+    triggerer. Returns ``{"portfolio_id", "polls", "credits_spent"}``; ``credits_spent`` (also an XCom key)
+    covers every try of the task instance.
+
+    A retry does not start a second sync while the first one is within its deadline: the sync started
+    is kept in Airflow's task state store, and the retry waits for it (same deadline) instead of paying
+    30 credits again.
 
     :param portfolio_id: The portfolio to sync (always sent: without it CoinStats syncs all at 10x).
     :param coinstats_conn_id: CoinStats connection.
@@ -108,15 +115,28 @@ class SyncPortfolioOperator(BaseOperator):
         return None if budget is None else max(0, (budget - SYNC_COST) // POLL_COST)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Start the sync, then defer (or poll) until it is ``synced``."""
+        """Start the sync (or take over the one an earlier try started), then defer (or poll) until ``synced``."""
         timeout, interval = self._numbers()
-        try:
-            self.hook.trigger_portfolio_sync(self.portfolio_id)
-        except CoinStatsError as err:
-            raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
-        self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, SYNC_COST)
-        context["ti"].xcom_push(key="credits_spent", value=SYNC_COST)
-        end_time = time.time() + timeout
+        state = self._load_state(context)
+        if state is not None and time.time() < state["deadline"]:
+            self.log.info(
+                "Portfolio %s: an earlier try of this task started a sync that is still within its deadline; "
+                "waiting for that sync instead of paying %d credits for another",
+                self.portfolio_id,
+                SYNC_COST,
+            )
+        else:
+            try:
+                self.hook.trigger_portfolio_sync(self.portfolio_id)
+            except CoinStatsError as err:
+                raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
+            self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, SYNC_COST)
+            earlier = state["credits"] if state is not None else 0
+            state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout}
+            state["credits"] = earlier + SYNC_COST
+            self._save_state(context, state)
+        context["ti"].xcom_push(key="credits_spent", value=state["credits"])
+        end_time = state["deadline"]
         if as_bool(self.deferrable):
             self.defer(
                 trigger=PortfolioSyncTrigger(
@@ -132,6 +152,29 @@ class SyncPortfolioOperator(BaseOperator):
                 timeout=None,
             )
         return self._poll_on_worker(context, end_time, interval)
+
+    def _load_state(self, context: Context) -> dict[str, Any] | None:
+        """The sync an earlier try of this task instance started, from Airflow's task state store.
+
+        The store keeps its keys across the tries of one task instance in one DAG run, so a retry (after a
+        worker crash, a failed poll, or Airflow's stale-executor-event race on resumed deferred tasks)
+        waits for the sync already running instead of paying for another one.
+        """
+        store = context.get("task_state_store")
+        state: Any = store.get(STATE_KEY) if store is not None else None
+        if not isinstance(state, dict) or state.get("portfolio_id") != self.portfolio_id:
+            return None
+        try:
+            deadline, credits = float(state["deadline"]), int(state["credits"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return {"portfolio_id": self.portfolio_id, "deadline": deadline, "credits": credits}
+
+    @staticmethod
+    def _save_state(context: Context, state: dict[str, Any]) -> None:
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_KEY, state)
 
     def _poll_on_worker(self, context: Context, end_time: float, interval: float) -> dict[str, Any]:
         polls = 0
@@ -160,9 +203,15 @@ class SyncPortfolioOperator(BaseOperator):
             # A malformed event is a bug, not a passing fault: retrying would only pay for another sync.
             raise AirflowFailException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")
         polls = int(event.get("polls") or 0)
-        spent = SYNC_COST + polls * POLL_COST
+        state = self._load_state(context)
+        before = state["credits"] if state is not None else SYNC_COST
+        spent = before + polls * POLL_COST
+        if state is not None:
+            self._save_state(context, {**state, "credits": spent})
         context["ti"].xcom_push(key="credits_spent", value=spent)
-        self.log.info("CoinStats credits spent by this task: %d (sync %d + %d status polls)", spent, SYNC_COST, polls)
+        self.log.info(
+            "CoinStats credits spent by this task: %d (%d before this wait + %d status polls)", spent, before, polls
+        )
         status = event["status"]
         if status == "success":
             self.log.info("Portfolio %s is synced after %d status polls", self.portfolio_id, polls)
