@@ -27,6 +27,9 @@ COINSTATS_CONN_ID = "coinstats_default"
 WAREHOUSE_CONN_ID = "coinstats_warehouse"
 # Every CoinStats-calling task takes a slot of this pool (create it: airflow_settings.yaml / load_settings).
 POOL = os.environ.get("COINSTATS_POOL", "coinstats_api")
+# The Params' JSON Schema dialect. Airflow checks each Param's schema against its dialect's meta-schema
+# dozens of times per parse; draft-07's is a quarter of the cost of the default 2020-12 one.
+DRAFT_07: dict[str, Any] = {"$schema": "http://json-schema.org/draft-07/schema#"}
 # One Asset per warehouse table (SQLite or PostgreSQL), so downstream DAGs can be scheduled on the data.
 ASSETS = {name: Asset(name=table) for name, table in TABLES.items()}
 
@@ -48,6 +51,7 @@ with DAG(
             title="Exchange connections",
             description="coinstats_exchange connection ids to sync. Empty: the Variable "
             "coinstats_exchange_conn_ids (a JSON list) is used.",
+            **DRAFT_07,
         ),
         "datasets": Param(
             list(DATASETS),
@@ -57,6 +61,7 @@ with DAG(
             uniqueItems=True,
             title="Datasets",
             description="What to extract and load for each portfolio.",
+            **DRAFT_07,
         ),
         "sync_timeout_minutes": Param(
             30,
@@ -65,6 +70,7 @@ with DAG(
             maximum=24 * 60,
             title="Sync wait timeout (minutes)",
             description="How long to wait for CoinStats to finish syncing a portfolio.",
+            **DRAFT_07,
         ),
         "sync_poll_seconds": Param(
             30,
@@ -73,6 +79,7 @@ with DAG(
             maximum=3600,
             title="Sync status poll interval (seconds)",
             description="Each status poll costs 3 credits.",
+            **DRAFT_07,
         ),
         "credit_budget": Param(
             None,
@@ -80,12 +87,14 @@ with DAG(
             minimum=0,
             title="Credit budget of the run",
             description="Fail before any call that would spend more CoinStats credits than this. Empty: no cap.",
+            **DRAFT_07,
         ),
         "deferrable": Param(
             True,
             type="boolean",
             title="Wait in the triggerer",
             description="Off: poll on the worker (for deployments without a triggerer).",
+            **DRAFT_07,
         ),
     },
 ):
