@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import httpx
 import psycopg2
 import pytest
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 TRIGGER_CLASSPATH = "coinstats_provider.triggers.PortfolioSyncTrigger"
 SYNC_TASK = "portfolio.sync"
+SYNC_ROUTE = "PATCH /portfolio/sync"
 TABLES = (
     "coinstats_portfolios",
     "coinstats_portfolio_values",
@@ -40,11 +42,12 @@ def assert_no_canary(stack: AirflowStack, where: str, *texts: object) -> None:
 
 
 class RunObservation:
-    """What was seen while polling a run: task-instance states, and the triggers of deferred ones."""
+    """What was seen while polling a run: task-instance states, the triggers of deferred ones, sync calls."""
 
     def __init__(self) -> None:
         self.states: dict[tuple[str, int], set[str | None]] = {}
         self.triggers: dict[tuple[str, int], set[str]] = {}
+        self.sync_calls = 0
 
     def record(self, tis: Iterable[dict[str, Any]]) -> None:
         for ti in tis:
@@ -65,6 +68,7 @@ def finished_run(airflow_stack: AirflowStack) -> tuple[dict[str, Any], RunObserv
         check=stack.check_alive,
     )
     conf = {"exchange_conn_ids": list(EXCHANGE_ACCOUNTS), "sync_poll_seconds": 2}
+    sync_calls_before = sandbox_requests(stack, SYNC_ROUTE)
     started = time.monotonic()
     run = stack.trigger(conf)
     assert run["conf"] == conf
@@ -79,7 +83,26 @@ def finished_run(airflow_stack: AirflowStack) -> tuple[dict[str, Any], RunObserv
 
     final = wait_until(f"run {run_id} to finish", finished, timeout=360, interval=0.5, check=stack.check_alive)
     seen.record(stack.task_instances(run_id))
+    seen.sync_calls = sandbox_requests(stack, SYNC_ROUTE) - sync_calls_before
     return final, seen, time.monotonic() - started
+
+
+def sandbox_requests(stack: AirflowStack, route: str) -> int:
+    """Requests the sandbox has answered on ``route`` (e.g. ``PATCH /portfolio/sync``) so far."""
+    response = httpx.get(f"{stack.sandbox_url}/_sandbox/stats", trust_env=False, timeout=10)
+    response.raise_for_status()
+    return int(response.json()["requests"].get(route, 0))
+
+
+def stale_executor_event_failed(stack: AirflowStack, run_id: str, map_index: int) -> bool:
+    """Whether the scheduler failed a try of this sync task on a stale executor event (``state mismatch``).
+
+    That is Airflow 3.3's race on resumed deferred tasks (apache/airflow#67287, #72716), not ours.
+    """
+    events = stack.api(
+        "GET", "/eventLogs", params={"dag_id": DAG_ID, "run_id": run_id, "task_id": SYNC_TASK, "limit": 100}
+    )["event_logs"]
+    return any(e["event"] == "state mismatch" and e["map_index"] == map_index for e in events)
 
 
 def _failure_report(stack: AirflowStack, run_id: str) -> str:
@@ -124,7 +147,18 @@ def test_triggered_run_succeeds_and_defers_to_the_triggerer(
         assert "Pausing task as DEFERRED" in log
         assert "Trigger fired event" in log
         assert "'status': 'success'" in log
-        assert ti["try_number"] == 1, f"{key}: resuming after the trigger must not start a new try:\n{log[-3000:]}"
+        # Resuming after the trigger must not start a new try; only Airflow's own race may cause one.
+        if ti["try_number"] != 1:
+            assert stale_executor_event_failed(stack, run_id, ti["map_index"]), f"{key} retried:\n{log[-3000:]}"
+        # The sync this task started is kept in Airflow's task state store, so a retry would wait for it.
+        store = stack.api(
+            "GET",
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{SYNC_TASK}/state-store/coinstats_sync",
+            params={"map_index": ti["map_index"]},
+        )
+        assert store["value"]["credits"] >= 30, store
+    # One CoinStats sync per portfolio (30 credits each), whatever Airflow retried.
+    assert seen.sync_calls == len(EXCHANGE_ACCOUNTS)
 
 
 def test_portfolio_ids_in_xcom_and_warehouse(
