@@ -772,6 +772,55 @@ def test_malformed_json_retried_then_success(coinstats_conn: Any, rsps: response
     assert len(delays) == 1
 
 
+def test_truncated_sync_answer_is_not_sent_again(
+    coinstats_conn: Any, rsps: responses.RequestsMock, logs: pytest.LogCaptureFixture
+) -> None:
+    # 2xx means CoinStats started the sync; a retry would start (and bill) a second one.
+    rsps.patch(SYNC_URL, body='{"succ', content_type="application/json")
+    hook, delays = make_hook()
+
+    hook.trigger_portfolio_sync("pf-1")
+
+    assert len(rsps.calls) == 1
+    assert delays == []
+    assert hook.credits.spent == 30
+    assert "answered 200 with an unreadable body; the call succeeded" in logs.text
+
+
+def test_credit_budget_is_checked_before_every_retry(coinstats_conn: Any, rsps: responses.RequestsMock) -> None:
+    # The truncated answer was charged (10); a retry would cost 10 more, beyond the budget of 15.
+    coinstats_conn(extra={**FAST, "credit_budget": 15})
+    rsps.get(BASE_URL + "/portfolio/value", body='{"totalValue": 1', content_type="application/json")
+    hook, delays = make_hook()
+
+    with pytest.raises(CoinStatsCreditBudgetExceeded, match="GET /portfolio/value costs 10 credits, 10 of the"):
+        hook.get_portfolio_value("pf-1")
+
+    assert len(rsps.calls) == 1
+    assert len(delays) == 1
+    assert hook.credits.spent == 10
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause"),
+    [
+        (requests.exceptions.ReadTimeout("read timed out"), "ReadTimeout"),
+        (requests.exceptions.ConnectionError("Connection reset by peer"), "ConnectionError"),
+    ],
+    ids=["timeout", "reset"],
+)
+def test_retry_warning_names_the_transport_failure(
+    coinstats_conn: Any, rsps: responses.RequestsMock, logs: pytest.LogCaptureFixture, exc: Exception, cause: str
+) -> None:
+    rsps.get(USAGE_URL, body=exc)
+    rsps.get(USAGE_URL, json=USAGE)
+    hook, _ = make_hook()
+
+    hook.get_credit_usage()
+
+    assert f"CoinStats GET /usage/credits failed ({cause}); retry 1 of 3" in logs.text
+
+
 def test_malformed_json_persistent(coinstats_conn: Any, rsps: responses.RequestsMock) -> None:
     rsps.get(STATUS_URL, body="<html>gateway</html>", content_type="text/html")
     hook, delays = make_hook()

@@ -226,6 +226,21 @@ def test_worker_polls_until_synced(
     assert ti.pushed == [("credits_spent", 30), ("credits_spent", 39)]
 
 
+def test_worker_counts_every_charged_status_answer(
+    coinstats_conn: Any, rsps: responses.RequestsMock, clock: FakeClock
+) -> None:
+    # A truncated 200 is charged by CoinStats and retried: two charged answers for one poll.
+    register_sync(rsps)
+    rsps.get(STATUS_URL, body='{"stat', content_type="application/json")
+    register_statuses(rsps, SYNCED)
+    ti = FakeTI()
+
+    result = make_operator(deferrable=False, poll_interval=10).execute(context(ti))
+
+    assert methods(rsps) == ["PATCH", "GET", "GET"]
+    assert result == {"portfolio_id": PID, "polls": 2, "credits_spent": 30 + 2 * 3}
+
+
 def test_worker_times_out(coinstats_conn: Any, rsps: responses.RequestsMock, clock: FakeClock) -> None:
     register_sync(rsps)
     register_statuses(rsps, SYNCING)

@@ -36,6 +36,8 @@ class CoinStatsTransportError(CoinStatsError):
     """Connection error, reset or timeout that persisted through every retry."""
 
     retryable = True
+    #: The transport exception's class name, e.g. ``ReadTimeout`` or ``ConnectionError``.
+    cause: str = "transport error"
 
 
 class CoinStatsResponseError(CoinStatsError):

@@ -446,6 +446,8 @@ class CoinStatsHook(BaseHook):
         content: bytes,
         headers: Mapping[str, str],
         secrets: Collection[str],
+        *,
+        need_body: bool = True,
     ) -> tuple[Any, CoinStatsError | None, float | None]:
         """Turn one HTTP answer into ``(json, None, None)`` or ``(None, retryable error, Retry-After)``.
 
@@ -456,6 +458,15 @@ class CoinStatsHook(BaseHook):
             try:
                 return json.loads(content), None, None
             except ValueError:
+                if not need_body:
+                    self.log.warning(
+                        "CoinStats %s %s answered %d with an unreadable body; the call succeeded, so it is "
+                        "not sent (and paid for) again",
+                        method,
+                        path,
+                        status,
+                    )
+                    return None, None, None
                 error: CoinStatsError = CoinStatsResponseError(
                     f"CoinStats {method} {path} answered {status} with malformed or truncated JSON.",
                     retryable=True,
@@ -468,11 +479,13 @@ class CoinStatsHook(BaseHook):
 
     def _transport_error(self, method: str, path: str, err: Exception) -> CoinStatsTransportError:
         settings = self.settings
-        return CoinStatsTransportError(
+        error = CoinStatsTransportError(
             f"CoinStats {method} {path} failed: {type(err).__name__} talking to {settings.base_url} "
             f"(timeout {settings.timeout:g} s). Check that the host is reachable or raise the connection "
             "extra 'timeout'."
         )
+        error.cause = type(err).__name__
+        return error
 
     def _backoff(self, method: str, path: str, attempt: int, error: CoinStatsError, retry_after: float | None) -> float:
         """Return how long to wait before the next attempt, or raise ``error`` when retries are used up."""
@@ -499,6 +512,7 @@ class CoinStatsHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         json_body: Mapping[str, Any] | None = None,
         secrets: Collection[str] = (),
+        need_body: bool = True,
     ) -> Any:
         """Send one API call with retries and credit accounting; return the decoded JSON.
 
@@ -507,13 +521,16 @@ class CoinStatsHook(BaseHook):
         :param params: Query parameters.
         :param json_body: JSON body.
         :param secrets: Extra secret values (besides the API key) to redact from error messages.
+        :param need_body: ``False`` when the 2xx status alone proves success: a 2xx answer whose body is
+            unreadable then returns ``None`` instead of being retried (and paid for) again.
         """
         settings = self.settings
         cost = credit_cost(method, path, params)
-        self.credits.check(method, path, cost)
         all_secrets = (settings.api_key, *secrets)
         url = settings.base_url + path
         for attempt in itertools.count():
+            # Before every attempt: a retry costs credits again if CoinStats answered the last one 2xx.
+            self.credits.check(method, path, cost)
             try:
                 response = self.session.request(method, url, params=params, json=json_body, timeout=settings.timeout)
             except _transport_errors() as err:
@@ -522,7 +539,14 @@ class CoinStatsHook(BaseHook):
             else:
                 with response:
                     data, error, retry_after = self._answered(
-                        method, path, cost, response.status_code, response.content, response.headers, all_secrets
+                        method,
+                        path,
+                        cost,
+                        response.status_code,
+                        response.content,
+                        response.headers,
+                        all_secrets,
+                        need_body=need_body,
                     )
                 if error is None:
                     return data
@@ -539,12 +563,12 @@ class CoinStatsHook(BaseHook):
         """
         settings = await self.asettings()
         cost = credit_cost(method, path, params)
-        self.credits.check(method, path, cost)
         secrets = (settings.api_key,)
         async with httpx.AsyncClient(
             base_url=settings.base_url, headers=self._headers(settings), timeout=settings.timeout
         ) as client:
             for attempt in itertools.count():
+                self.credits.check(method, path, cost)
                 try:
                     response = await client.request(method, path, params=params)
                 except httpx.TransportError as err:
@@ -674,7 +698,8 @@ class CoinStatsHook(BaseHook):
                 "trigger_portfolio_sync needs a portfolio_id (without it CoinStats "
                 "syncs every portfolio at 10x credits)."
             )
-        data = self.request("PATCH", "/portfolio/sync", params={"portfolioId": portfolio_id})
+        # A 2xx answer means the sync started; a truncated body must not start (and pay for) a second one.
+        data = self.request("PATCH", "/portfolio/sync", params={"portfolioId": portfolio_id}, need_body=False)
         if isinstance(data, dict) and data.get("success") is False:
             raise CoinStatsResponseError(f"CoinStats refused to sync portfolio {portfolio_id} (success=false).")
 
@@ -785,6 +810,10 @@ def _transport_errors() -> tuple[type[Exception], ...]:
 def _short(error: CoinStatsError) -> str:
     if isinstance(error, CoinStatsAPIError):
         return f"HTTP {error.http_status}"
+    if isinstance(error, CoinStatsTransportError):
+        return error.cause  # ReadTimeout, ConnectionError, ... (which one matters when reading a log)
+    if isinstance(error, CoinStatsResponseError):
+        return "unreadable JSON body"
     return type(error).__name__
 
 

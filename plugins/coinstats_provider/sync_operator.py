@@ -130,10 +130,11 @@ class SyncPortfolioOperator(BaseOperator):
                 self.hook.trigger_portfolio_sync(self.portfolio_id)
             except CoinStatsError as err:
                 raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
-            self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, SYNC_COST)
+            cost = self.hook.credits.spent  # as metered: a retried, charged answer counts twice
+            self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
             earlier = state["credits"] if state is not None else 0
             state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout}
-            state["credits"] = earlier + SYNC_COST
+            state["credits"] = earlier + cost
             self._save_state(context, state)
         context["ti"].xcom_push(key="credits_spent", value=state["credits"])
         end_time = state["deadline"]
@@ -185,7 +186,7 @@ class SyncPortfolioOperator(BaseOperator):
                 if max_polls is not None and polls >= max_polls:
                     return self.execute_complete(context, {"status": "budget", "polls": polls, "message": ""})
                 status = self.hook.get_portfolio_sync_status(self.portfolio_id)
-                polls += 1
+                polls = self.hook.credits.calls["GET /portfolio/status"]  # charged answers, retries included
                 if status is SyncStatus.SYNCED:
                     return self.execute_complete(context, {"status": "success", "polls": polls, "message": ""})
                 if time.time() >= end_time:
