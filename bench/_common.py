@@ -6,6 +6,7 @@ Nothing here imports Airflow: :func:`prepare_airflow_env` must run before the fi
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -66,6 +67,21 @@ def allow_direct_execute() -> None:
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
     ExecutorSafeguard.test_mode = True
+
+
+class FakeTI:
+    """The part of a TaskInstance the operators use outside a real run."""
+
+    def __init__(self) -> None:
+        self.xcoms: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcoms[key] = value
+
+
+def task_context() -> dict[str, Any]:
+    """A minimal task context for calling an operator's ``execute`` directly."""
+    return {"ti": FakeTI(), "logical_date": dt.datetime.now(dt.UTC)}
 
 
 def set_connection(conn_id: str, **fields: Any) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from bench._common import (
     sandbox_stats,
     set_connection,
     table,
+    task_context,
     temp_dir,
 )
 
@@ -59,20 +59,6 @@ COST = {
     "GET /portfolio/coins": 8,
     "GET /portfolio/transactions": 4,
 }
-
-
-class _TI:
-    """The part of a TaskInstance the operators use outside a real run."""
-
-    def __init__(self) -> None:
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-def _context() -> dict[str, Any]:
-    return {"ti": _TI(), "logical_date": dt.datetime.now(dt.UTC)}
 
 
 def _charged(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -104,7 +90,7 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
     sync = SyncPortfolioOperator(
         task_id="sync", portfolio_id=portfolio_id, coinstats_conn_id="coinstats_default", **kwargs
     )
-    context = _context()
+    context = task_context()
     start = time.monotonic()
     trace.clear()
     trace.append((start, "PATCH /portfolio/sync sent"))
@@ -149,7 +135,7 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
         exchange_conn_id="coinstats_exchange_binance",
         coinstats_conn_id="coinstats_default",
     )
-    context = _context()
+    context = task_context()
     portfolio_id = connect_exchange_portfolio.execute(context)  # type: ignore[arg-type]
     after = sandbox_stats(base_url)
     steps.append(
@@ -183,7 +169,7 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
     rows: dict[str, int] = {}
     for dataset in DATASETS:
         load = LoadPortfolioOperator(task_id=f"load_{dataset}", portfolio_id=portfolio_id, dataset=dataset)
-        context = _context()
+        context = task_context()
         result = load.execute(context)  # type: ignore[arg-type]
         after = sandbox_stats(base_url)
         rows[dataset] = int(result["rows"])

@@ -22,7 +22,6 @@ The sandbox runs in its own process and generates transactions on demand (flat s
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import json
 import os
@@ -46,25 +45,12 @@ from bench._common import (
     sandbox_stats,
     set_connection,
     table,
+    task_context,
     temp_dir,
 )
 
 GOAL = 10.0
 VARIANTS = ("ours", "http", "http-items")
-
-
-class _TI:
-    """The part of a TaskInstance the operators use outside a real run."""
-
-    def __init__(self) -> None:
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-def _context() -> dict[str, Any]:
-    return {"ti": _TI(), "logical_date": dt.datetime.now(dt.UTC)}
 
 
 def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: int) -> None:
@@ -85,7 +71,7 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
         )
         before = rss_mib()
         start = time.perf_counter()
-        result = load_transactions.execute(_context())  # type: ignore[arg-type]
+        result = load_transactions.execute(task_context())  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         rows, pages = int(result["rows"]), int(result["pages"])
     else:
@@ -126,7 +112,7 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
         )
         before = rss_mib()
         start = time.perf_counter()
-        rows = int(extract_transactions.execute(_context()))  # type: ignore[arg-type]
+        rows = int(extract_transactions.execute(task_context()))  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
         pages = page_count[0]
     after = rss_mib()
