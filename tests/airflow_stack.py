@@ -156,11 +156,16 @@ class AirflowStack:
         return f"http://{_HOST}:{self.port}"
 
     @property
-    def sandbox_url(self) -> str:
-        """Base URL of the CoinStats sandbox the ``coinstats_default`` connection points at."""
+    def sandbox_server(self) -> SandboxServer:
+        """The CoinStats sandbox (in this process): ``stats()``, ``update(**config)``, ``config``."""
         if self.sandbox is None:
             raise StackError("the sandbox is not running")
-        return self.sandbox.base_url
+        return self.sandbox
+
+    @property
+    def sandbox_url(self) -> str:
+        """Base URL of the CoinStats sandbox the ``coinstats_default`` connection points at."""
+        return self.sandbox_server.base_url
 
     @property
     def root(self) -> Path:

@@ -52,16 +52,9 @@ COLUMNS = [c for c in TABLES[TXNS].column_names if c != "loaded_at"]
 Row = tuple[Any, ...]
 
 
-def sandbox(stack: AirflowStack, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Call the sandbox's ``/_sandbox/*`` admin API."""
-    response = httpx.request(method, f"{stack.sandbox_url}/_sandbox/{path}", json=body, trust_env=False, timeout=10)
-    response.raise_for_status()
-    return dict(response.json())
-
-
 def pages_served(stack: AirflowStack) -> int:
     """``GET /portfolio/transactions`` requests the sandbox has answered so far."""
-    return int(sandbox(stack, "GET", "stats")["requests"].get(PAGE_ROUTE, 0))
+    return int(stack.sandbox_server.stats()["requests"].get(PAGE_ROUTE, 0))
 
 
 def sandbox_transactions(stack: AirflowStack, portfolio_id: str) -> Iterator[dict[str, Any]]:
@@ -162,7 +155,7 @@ def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack
     all_secrets = {**stack.canaries, f"{CONN_ID}.login": login, f"{CONN_ID}.password": password}
     portfolio_id = data.portfolio_id(stack.canaries["api_key"], EXCHANGE, login, password)
     changes: dict[str, Any] = {"transactions": TRANSACTIONS, "latency_ms": LATENCY_MS}
-    original = {key: sandbox(stack, "GET", "config")[key] for key in changes}
+    original = {key: getattr(stack.sandbox_server.config, key) for key in changes}
     pages_per_load = TRANSACTIONS // PAGE_SIZE + 1
     run_id: str | None = None
     started = time.monotonic()
@@ -182,7 +175,7 @@ def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack
                 "extra": json.dumps({"connection_id": EXCHANGE, "portfolio_name": "Crash test"}),
             },
         )
-        sandbox(stack, "POST", "config", changes)
+        stack.sandbox_server.update(**changes)
         pages_before = pages_served(stack)
         run_id = str(
             stack.trigger({"exchange_conn_ids": [CONN_ID], "datasets": ["transactions"], "sync_poll_seconds": 1})[
@@ -208,7 +201,7 @@ def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack
         assert not psutil.wait_procs([proc], timeout=10)[1], "the task process survived SIGKILL"
         killed_at_page = pages_served(stack) - pages_before
         rows_at_kill = committed_rows(cur, portfolio_id)
-        sandbox(stack, "POST", "config", {"latency_ms": original["latency_ms"]})  # the retry may run at full speed
+        stack.sandbox_server.update(latency_ms=original["latency_ms"])  # the retry may run at full speed
         wait_until(
             "PostgreSQL to end the killed load's session", lambda: not backend_alive(cur, backend_pid), timeout=30
         )
@@ -252,7 +245,7 @@ def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack
     finally:
         if run_id is not None and stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"] in ACTIVE_RUN:
             stack.finish_run(run_id)
-        sandbox(stack, "POST", "config", original)
+        stack.sandbox_server.update(**original)
         stack.api("DELETE", f"/connections/{CONN_ID}", expect=(204, 404))
         for table in TABLES:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import httpx
 import psycopg2
 import pytest
 
@@ -89,9 +88,7 @@ def finished_run(airflow_stack: AirflowStack) -> tuple[dict[str, Any], RunObserv
 
 def sandbox_requests(stack: AirflowStack, route: str) -> int:
     """Requests the sandbox has answered on ``route`` (e.g. ``PATCH /portfolio/sync``) so far."""
-    response = httpx.get(f"{stack.sandbox_url}/_sandbox/stats", trust_env=False, timeout=10)
-    response.raise_for_status()
-    return int(response.json()["requests"].get(route, 0))
+    return int(stack.sandbox_server.stats()["requests"].get(route, 0))
 
 
 def stale_executor_event_failed(stack: AirflowStack, run_id: str, map_index: int) -> bool:
