@@ -126,11 +126,12 @@ class SyncPortfolioOperator(BaseOperator):
                 SYNC_COST,
             )
         else:
+            spent_before = self.hook.credits.spent
             try:
                 self.hook.trigger_portfolio_sync(self.portfolio_id)
             except CoinStatsError as err:
                 raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
-            cost = self.hook.credits.spent  # as metered: a retried, charged answer counts twice
+            cost = self.hook.credits.spent - spent_before  # as metered: a retried, charged answer counts twice
             self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
             earlier = state["credits"] if state is not None else 0
             state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout}
