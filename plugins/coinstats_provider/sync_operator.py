@@ -126,8 +126,8 @@ class SyncPortfolioOperator(BaseOperator):
                 SYNC_COST,
             )
         else:
-            spent_before = self.hook.credits.spent
             try:
+                spent_before = self.hook.credits.spent  # reads the connection: its errors are reported below too
                 self.hook.trigger_portfolio_sync(self.portfolio_id)
             except CoinStatsError as err:
                 raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
