@@ -65,7 +65,13 @@ def parse_settings(path: Path) -> Settings:
         }
         if "conn_type" not in fields and not entry.get("conn_uri"):
             raise SettingsError(f"{path}: connection '{conn_id}' needs conn_type (or conn_uri).")
-        if entry.get("conn_uri") and len(fields) == 0:
+        if entry.get("conn_uri"):
+            also = sorted(k for k in (*CONN_FIELDS, "conn_extra") if entry.get(k) not in (None, ""))
+            if also:
+                raise SettingsError(
+                    f"{path}: connection '{conn_id}' sets conn_uri and also {', '.join(also)}; a connection is "
+                    "either one conn_uri or separate conn_* fields. Keep one form (put extras in the URI's query)."
+                )
             fields["uri"] = entry["conn_uri"]
         extra = entry.get("conn_extra")
         if extra not in (None, ""):

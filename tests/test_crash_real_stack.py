@@ -2,9 +2,9 @@
 
 One run of ``coinstats_portfolio_sync`` for one exchange account of its own (a connection this test adds
 through the REST API, so its portfolio is fresh whatever ran before) and ``datasets=["transactions"]``;
-the sandbox serves enough transactions, slowly, for the load to take seconds. While the load's database
-transaction holds uncommitted rows (a warehouse backend with a transaction id and a row lock on the
-table) and the sandbox has served only some of the pages, the task process is found and SIGKILLed: the
+the sandbox serves enough transactions, slowly, for the load to take seconds. While the load has staged
+rows in its warehouse session's TEMP table (nothing in the transactions table yet) and the sandbox has
+served only some of the pages, the task process is found and SIGKILLed: the
 ``airflow worker -- <ti id>`` child of the LocalExecutor worker (its supervisor), which holds both the
 sandbox connection and that warehouse connection. The rerun is Airflow's own, as after a real worker
 crash: the supervisor reports the killed try failed, the TI goes ``up_for_retry`` (``retries=2``) and the
@@ -23,6 +23,7 @@ import secrets
 import signal
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -71,7 +72,8 @@ def sandbox_transactions(stack: AirflowStack, portfolio_id: str) -> Iterator[dic
             }
             response = client.get("/portfolio/transactions", params=params)
             response.raise_for_status()
-            items: list[dict[str, Any]] = response.json()["data"]
+            # decoded like the hook does: exact decimals
+            items: list[dict[str, Any]] = json.loads(response.content, parse_float=Decimal)["data"]
             yield from items
             if len(items) < PAGE_SIZE:
                 return
@@ -91,12 +93,15 @@ def committed_rows(cur: Any, portfolio_id: str) -> int:
 
 
 def open_writer(cur: Any) -> tuple[int, int] | None:
-    """``(backend pid, client port)`` of the session with uncommitted inserts into the transactions table."""
+    """``(backend pid, client port)`` of the load's session while it stages rows in its TEMP table.
+
+    The loader stages streamed rows in a connection-private TEMP table and touches the transactions table
+    only in the final, short merge transaction, so the session is recognised by its last statement.
+    """
     cur.execute(
-        "SELECT a.pid, a.client_port FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-        "WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL AND l.granted "
-        "AND l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.relation = to_regclass(%s)",
-        (TXNS,),
+        "SELECT a.pid, a.client_port FROM pg_stat_activity a WHERE a.datname = current_database() "
+        "AND a.pid <> pg_backend_pid() AND a.query LIKE %s",
+        ("INSERT INTO pg_temp.coinstats_stage_rows %",),
     )
     rows = cur.fetchall()
     assert len(rows) <= 1, f"more than one writer: {rows}"

@@ -762,11 +762,12 @@ def test_transport_error_message_is_actionable(coinstats_conn: Any, rsps: respon
 
 
 def test_malformed_json_retried_then_success(coinstats_conn: Any, rsps: responses.RequestsMock) -> None:
-    rsps.post(CONNECT_URL, body='{"portfolioId": "pf-1", "sta', content_type="application/json")
-    rsps.post(CONNECT_URL, json=CONNECTED)
+    # A paid read is sent again; a paid write (connect) is not: see tests/test_hook_transport_trust.py.
+    rsps.get(STATUS_URL, body='{"status": "syn', content_type="application/json")
+    rsps.get(STATUS_URL, json={"status": "synced"})
     hook, delays = make_hook()
 
-    assert hook.connect_exchange_portfolio("binance", FIELDS).portfolio_id == "pf-1"
+    assert hook.get_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
 
     assert len(rsps.calls) == 2
     assert len(delays) == 1

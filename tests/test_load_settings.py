@@ -61,6 +61,15 @@ def test_apply_is_an_idempotent_upsert(airflow_db: Path, tmp_path: Path) -> None
         ("airflow:\n  pools:\n    - pool_name: p\n", "whole number pool_slot"),
         ("airflow:\n  variables:\n    - variable_name: v\n", "needs variable_value"),
         ("airflow:\n  variables: {}\n", "must be a list"),
+        (
+            "airflow:\n  connections:\n    - conn_id: x\n      conn_uri: 'coinstats://:k@h'\n      conn_host: h\n",
+            "sets conn_uri and also conn_host",
+        ),
+        (
+            "airflow:\n  connections:\n    - conn_id: x\n      conn_uri: 'coinstats://:k@h'\n"
+            "      conn_type: coinstats\n      conn_extra: {timeout: 5}\n",
+            "sets conn_uri and also conn_extra, conn_type",
+        ),
     ],
 )
 def test_malformed_files_fail_before_writing(

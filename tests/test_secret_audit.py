@@ -169,12 +169,12 @@ def test_trigger_redacts_an_echoed_api_key(
     env = Env(monkeypatch, tmp_path)
     sent: list[str] = []
 
-    async def answer(self: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        sent.append(self.headers["X-API-KEY"])
+    async def answer(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        sent.append(request.headers["X-API-KEY"])
         body = {"statusCode": 401, "message": ECHO, "requestId": CANARIES["api_key"]}
-        return httpx.Response(401, json=body, request=httpx.Request(method, f"{BASE_URL}{url}"))
+        return httpx.Response(401, json=body, request=request)
 
-    monkeypatch.setattr(httpx.AsyncClient, "request", answer)
+    monkeypatch.setattr(httpx.AsyncClient, "send", answer)
 
     def register(mock: responses.RequestsMock) -> None:
         mock.patch(f"{BASE_URL}/portfolio/sync", json={"success": True})

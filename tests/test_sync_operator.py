@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -127,12 +128,15 @@ def test_execute_starts_the_sync_and_defers(
     assert dict(parse_qsl(urlsplit(str(request.url)).query)) == {"portfolioId": PID}
     deferred = info.value
     assert deferred.method_name == "execute_complete"
-    assert deferred.timeout is None  # the trigger enforces the deadline and reports it
     trigger = deferred.trigger
     assert isinstance(trigger, PortfolioSyncTrigger)
     classpath, kwargs = trigger.serialize()
     assert classpath == "coinstats_provider.triggers.PortfolioSyncTrigger"
-    assert before + 600 <= kwargs.pop("end_time") <= after + 600
+    end_time, started_at = kwargs.pop("end_time"), kwargs.pop("started_at")
+    assert before + 600 <= end_time <= after + 600
+    assert before <= started_at <= after
+    # The trigger reports the deadline; Airflow's timeout (deadline + 5 min) only fires without a triggerer.
+    assert deferred.timeout == dt.timedelta(seconds=end_time - started_at + 300)
     assert kwargs == {
         "portfolio_id": PID,
         "coinstats_conn_id": "coinstats_default",
@@ -429,8 +433,9 @@ def test_retry_on_the_worker_polls_without_a_second_sync(
     [
         # the earlier sync's deadline has passed: a new sync, its credits added to the earlier tries'
         ({"portfolio_id": PID, "deadline": 1.0, "credits": 33}, 33 + SYNC_COST),
-        ({"portfolio_id": "pf-other", "deadline": 9e12, "credits": 33}, SYNC_COST),  # re-rendered portfolio id
-        ({"portfolio_id": PID, "deadline": "soon", "credits": 33}, SYNC_COST),
+        # another sync cannot be reused, but what earlier tries spent still counts against the budget
+        ({"portfolio_id": "pf-other", "deadline": 9e12, "credits": 33}, 33 + SYNC_COST),  # re-rendered portfolio id
+        ({"portfolio_id": PID, "deadline": "soon", "credits": 33}, 33 + SYNC_COST),
         ("not-a-dict", SYNC_COST),
     ],
     ids=["expired", "other-portfolio", "unreadable", "not-a-dict"],

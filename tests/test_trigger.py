@@ -115,6 +115,7 @@ def test_serialize_round_trips_through_classpath_and_json() -> None:
         poll_interval=0.5,
         max_polls=7,
         hook_params={"max_retries": 2, "timeout": 5.0},
+        started_at=1_759_999_000.5,
     )
 
     classpath, kwargs = trigger.serialize()
@@ -127,6 +128,7 @@ def test_serialize_round_trips_through_classpath_and_json() -> None:
         "poll_interval": 0.5,
         "max_polls": 7,
         "hook_params": {"max_retries": 2, "timeout": 5.0},
+        "started_at": 1_759_999_000.5,  # a rebuilt trigger counts the polls made since then
     }
     # The triggerer stores the kwargs as JSON and rebuilds the trigger from the classpath.
     stored = json.loads(json.dumps(kwargs))
@@ -143,6 +145,7 @@ def test_serialize_defaults() -> None:
     assert classpath == CLASSPATH
     assert kwargs["max_polls"] is None
     assert kwargs["hook_params"] == {}
+    assert kwargs["started_at"] is None
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert PortfolioSyncTrigger(**kwargs).serialize() == (classpath, kwargs)
 

@@ -108,7 +108,7 @@ class Backend:
         return CoinStatsWarehouse(batch_size=batch_size)
 
     def writer_holds_open_transaction(self) -> bool:
-        """True while another session has an uncommitted write transaction on the database."""
+        """True while another session holds the write lock (SQLite) or an open write transaction (PostgreSQL)."""
         if self.sqlite_path is not None:
             probe = sqlite3.connect(self.sqlite_path, timeout=0, isolation_level=None)
             try:
@@ -253,7 +253,7 @@ def failing(rows: Iterable[Mapping[str, Any]], after: int) -> Iterator[Mapping[s
 
 def test_failure_mid_stream_rolls_back(wh: CoinStatsWarehouse) -> None:
     wh.replace_snapshot(COINS, PORTFOLIO, DAY, snapshot_rows(30))
-    wh.upsert_transactions(PORTFOLIO, txn_rows(30))
+    wh.reconcile_transactions(PORTFOLIO, txn_rows(30))
     before = {t: wh.fetch_table(t) for t in (COINS, TXNS)}  # loaded_at included: nothing may change
 
     batches: list[int] = []
@@ -266,7 +266,7 @@ def test_failure_mid_stream_rolls_back(wh: CoinStatsWarehouse) -> None:
             on_batch=batches.append,
         )
     with pytest.raises(RuntimeError, match="mid-stream"):
-        wh.upsert_transactions(PORTFOLIO, failing(txn_rows(500, version=2), 3 * BATCH // 2), on_batch=batches.append)
+        wh.reconcile_transactions(PORTFOLIO, failing(txn_rows(500, version=2), 3 * BATCH // 2), on_batch=batches.append)
     assert batches == [BATCH, BATCH]  # a batch had been written each time before the failure
     assert {t: wh.fetch_table(t) for t in (COINS, TXNS)} == before
 
@@ -307,7 +307,7 @@ def test_rows_are_consumed_lazily_one_batch_at_a_time(backend: Backend) -> None:
         ("pull", 9),
         ("written", 10),
     ]
-    assert wh.upsert_transactions(PORTFOLIO, recorded(txn_rows(10)), on_batch=on_batch) == 10
+    assert wh.reconcile_transactions(PORTFOLIO, recorded(txn_rows(10)), on_batch=on_batch).total == 10
     assert events == want
     events.clear()
     assert wh.replace_snapshot(COINS, PORTFOLIO, DAY, recorded(snapshot_rows(10)), on_batch=on_batch) == 10
@@ -332,7 +332,7 @@ wh = CoinStatsWarehouse(batch_size=BATCH)
 if target == "coins":
     wh.replace_snapshot(COINS, PORTFOLIO, DAY, pause_after_first_batch(snapshot_rows(n, version=2)))
 else:
-    wh.upsert_transactions(PORTFOLIO, pause_after_first_batch(txn_rows(n, version=2)))
+    wh.reconcile_transactions(PORTFOLIO, pause_after_first_batch(txn_rows(n, version=2)))
 print("COMPLETED", flush=True)
 """
 
@@ -354,10 +354,10 @@ def test_sigkill_mid_load_leaves_old_state_then_rerun_is_exactly_once(backend: B
     table = TXNS if target == "transactions" else COINS
     load: Callable[[], int]
     if target == "transactions":
-        wh.upsert_transactions(PORTFOLIO, txn_rows(40))
+        wh.reconcile_transactions(PORTFOLIO, txn_rows(40))
 
         def load() -> int:
-            return wh.upsert_transactions(PORTFOLIO, txn_rows(n, version=2))
+            return wh.reconcile_transactions(PORTFOLIO, txn_rows(n, version=2)).total
 
         new_state = expected(TXNS, txn_rows(n, version=2))
     else:
@@ -385,8 +385,10 @@ def test_sigkill_mid_load_leaves_old_state_then_rerun_is_exactly_once(backend: B
             proc.kill()
             _, err = proc.communicate(timeout=30)
             pytest.fail(f"child did not reach the first batch (stdout {line!r}); stderr:\n{err[-3000:]}")
-        assert backend.writer_holds_open_transaction()  # the child is mid-transaction with rows written
-        assert wh.fetch_table(table) == old_state  # and none of them are visible
+        # the child has staged a batch but holds neither the write lock nor an open transaction ...
+        assert not backend.writer_holds_open_transaction()
+        assert wh.fetch_table(table) == old_state  # ... and none of its rows are visible
+        wh.upsert_portfolio({"portfolio_id": OTHER, "portfolio_name": "meanwhile"})  # others can write meanwhile
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:

@@ -1,4 +1,11 @@
-"""Command line: ``python -m include.coinstats_sandbox [options]``."""
+"""Command line: ``python -m include.coinstats_sandbox [options]``.
+
+Besides the sizes and the random faults, the flags switch on the misbehaviours described in
+:mod:`include.coinstats_sandbox.server`: ``--redirect-to/--redirect-status/--redirect-route``,
+``--shift-after-page/--shift-insert/--shift-delete``, ``--limit-cap``,
+``--stall-seconds/--stall-route/--stall-on-page``, ``--fault-rate-cut/--cut-route/--cut-count/--cut-mode``
+and ``--transaction-ids``. All of them can also be changed at runtime with ``POST /_sandbox/config``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .server import DEFAULT_API_KEY, FAULT_FIELDS, SandboxConfig, SandboxServer, spread_fault_rate
+from .server import (
+    CUT_MODES,
+    DEFAULT_API_KEY,
+    FAULT_FIELDS,
+    REDIRECT_STATUSES,
+    SandboxConfig,
+    SandboxServer,
+    spread_fault_rate,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m include.coinstats_sandbox",
         description="Serve a local CoinStats-compatible API (portfolio, exchange, sync, usage).",
+        epilog=(
+            "Admin routes (no auth, never charged): GET /_sandbox/stats, POST /_sandbox/reset, "
+            'GET|POST /_sandbox/config (any option by its field name, e.g. {"limit_cap": 10}), '
+            "POST /_sandbox/shift/arm, GET /_sandbox/transactions?portfolioId=ID&currency=USD, "
+            "POST /_sandbox/transactions/add {portfolioId, count}, "
+            "POST /_sandbox/transactions/note {portfolioId, index, note}, "
+            "POST /_sandbox/transactions/labels {portfolioId, index, name, icon}, "
+            "POST /_sandbox/transactions/delete {portfolioId, index}."
+        ),
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
@@ -39,9 +63,57 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("429", "5xx", "reset", "slow", "truncate"):
         add(f"--fault-rate-{kind}", type=float, default=None, metavar="RATE", help=f"{kind} fault rate")
     add("--slow-seconds", type=float, default=5.0, help="delay of a 'slow' fault (default 5)")
-    add("--faults", type=float, default=None, metavar="TOTAL", help="spread TOTAL over the five fault kinds")
+    add("--faults", type=float, default=None, metavar="TOTAL", help="spread TOTAL over the five fault kinds (not cut)")
     add("--fault-seed", type=int, default=0, help="seed of the fault sequence (default 0)")
     add("--retry-after", type=float, default=None, metavar="SECONDS", help="Retry-After on 429 faults")
+    group = parser.add_argument_group("misbehaviour switches (all off by default)")
+    add = group.add_argument
+    add("--redirect-to", default=None, metavar="URL", help="answer API calls with a redirect to URL + path?query")
+    add(
+        "--redirect-status",
+        type=int,
+        default=307,
+        choices=REDIRECT_STATUSES,
+        help="status of those redirects (default 307)",
+    )
+    add(
+        "--redirect-route",
+        dest="redirect_routes",
+        action="append",
+        metavar="PATH",
+        help="API path to redirect, repeatable (default: every API path)",
+    )
+    add(
+        "--shift-after-page",
+        type=int,
+        default=None,
+        metavar="N",
+        help="after serving page N of /portfolio/transactions, shift that portfolio's list once",
+    )
+    add("--shift-insert", type=int, default=1, metavar="K", help="new transactions added at the head (default 1)")
+    add("--shift-delete", type=int, default=0, metavar="K", help="transactions removed from the head (default 0)")
+    add("--limit-cap", type=int, default=None, metavar="N", help="serve at most N items per page of paged routes")
+    add("--stall-seconds", type=float, default=0.0, help="pause this long after half of an answer's body")
+    add(
+        "--stall-route",
+        dest="stall_routes",
+        action="append",
+        metavar="PATH",
+        help="API path that stalls, repeatable (default: every API path)",
+    )
+    add("--stall-on-page", type=int, default=None, metavar="N", help="stall only requests for page N")
+    add("--fault-rate-cut", type=float, default=0.0, metavar="RATE", help="rate of answers cut on the wire")
+    add(
+        "--cut-route",
+        dest="cut_routes",
+        action="append",
+        metavar="PATH",
+        help="API path whose next --cut-count answers are cut, repeatable (default: every API path)",
+    )
+    add("--cut-count", type=int, default=0, metavar="N", help="cut the next N answers of the --cut-route paths")
+    add("--cut-mode", default="length", choices=CUT_MODES, help="length: short body; chunked: stop mid-chunk")
+    add("--transaction-ids", action="store_true", help="give every transaction a hash {id, explorerUrl}")
+    add = parser.add_argument
     add("--ready-file", type=Path, default=None, help="write the base URL here once listening")
     add("--quiet", action="store_true", help="do not log requests")
     return parser
@@ -67,6 +139,21 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         fault_seed=args.fault_seed,
         retry_after=args.retry_after,
         quiet=args.quiet,
+        redirect_to=args.redirect_to,
+        redirect_status=args.redirect_status,
+        redirect_routes=tuple(args.redirect_routes) if args.redirect_routes else None,
+        shift_after_page=args.shift_after_page,
+        shift_insert=args.shift_insert,
+        shift_delete=args.shift_delete,
+        limit_cap=args.limit_cap,
+        stall_seconds=args.stall_seconds,
+        stall_routes=tuple(args.stall_routes) if args.stall_routes else None,
+        stall_on_page=args.stall_on_page,
+        fault_rate_cut=args.fault_rate_cut,
+        cut_routes=tuple(args.cut_routes) if args.cut_routes else None,
+        cut_count=args.cut_count,
+        cut_mode=args.cut_mode,
+        transaction_ids=args.transaction_ids,
         **rates,
     )
 

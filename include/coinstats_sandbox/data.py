@@ -3,6 +3,10 @@
 Everything here is a pure function of the portfolio id (plus the sizes chosen by the
 server configuration). Holding ``i`` and transaction ``i`` are computed on their own, so a
 page costs O(page) time and memory however large the portfolio is.
+
+Transactions added later (the server's edit and shift switches) come from
+:func:`new_transaction_at` by serial number and are dated after every generated one;
+:func:`transaction_hash` gives any transaction a stable ``hash`` (``{"id", "explorerUrl"}``).
 """
 
 from __future__ import annotations
@@ -392,11 +396,39 @@ def transaction_at(spec: PortfolioSpec, index: int, currency: str) -> dict[str, 
     pid = spec.portfolio_id
     key = canonical_index(pid, index)
     rng = _rng(pid, "transaction", key)
-    rate = CURRENCY_RATES[currency]
-
     step = max(1_000, _SPAN_MS // max(spec.transaction_count, 1))
     moment = _ANCHOR - timedelta(milliseconds=key * step + rng.randrange(step))
+    return _transaction(spec, rng, moment, currency)
 
+
+def new_transaction_at(spec: PortfolioSpec, serial: int, currency: str) -> dict[str, Any]:
+    """``TransactionItemDto`` of the ``serial``-th transaction added after the portfolio was generated.
+
+    Added transactions are dated after every generated one (``serial`` minutes past the latest
+    date a generated transaction can have, plus under a second), so a higher ``serial`` is newer.
+
+    :param spec: The portfolio.
+    :param serial: 1 for the first added transaction, 2 for the next, ...
+    :param currency: Currency of the worth and price fields.
+    """
+    rng = _rng(spec.portfolio_id, "added-transaction", serial)
+    moment = _ANCHOR + timedelta(minutes=serial, milliseconds=rng.randrange(1_000))
+    return _transaction(spec, rng, moment, currency)
+
+
+def transaction_hash(pid: str, identity: str) -> dict[str, str]:
+    """``TransactionHash`` (``{"id", "explorerUrl"}``) of one transaction.
+
+    :param pid: The portfolio id.
+    :param identity: What tells the transaction apart inside the portfolio (stable across edits).
+    """
+    tx_id = "0x" + hashlib.sha256(f"{pid}\x1ftx-hash\x1f{identity}".encode()).hexdigest()
+    return {"id": tx_id, "explorerUrl": f"https://etherscan.io/tx/{tx_id}"}
+
+
+def _transaction(spec: PortfolioSpec, rng: random.Random, moment: datetime, currency: str) -> dict[str, Any]:
+    pid = spec.portfolio_id
+    rate = CURRENCY_RATES[currency]
     if spec.coin_count > 0:
         coin = _coin_for_holding(pid, rng.randrange(spec.coin_count))
         other = _coin_for_holding(pid, rng.randrange(spec.coin_count))

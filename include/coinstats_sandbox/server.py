@@ -1,9 +1,56 @@
-"""A local HTTP server that imitates the CoinStats portfolio API, with fault injection."""
+"""A local HTTP server that imitates the CoinStats portfolio API, with fault injection.
+
+Every option is a :class:`SandboxConfig` field, settable at construction, at runtime through
+:meth:`SandboxServer.update` / ``POST /_sandbox/config`` and (most of them) as a CLI flag. With every
+switch below at its default the sandbox answers exactly as a well-behaved API would.
+
+Random faults (one draw per API request from ``fault_seed``): ``fault_rate_429``, ``fault_rate_5xx``,
+``fault_rate_reset`` (TCP RST, no answer), ``fault_rate_slow`` (``slow_seconds`` before answering),
+``fault_rate_truncate`` (a complete message whose JSON body is cut in half). ``faults=<total>``
+spreads a total evenly over these five kinds (:data:`FAULT_KINDS`); the ``cut`` kind is not part
+of the spread.
+
+Switches that make the sandbox misbehave like a real API:
+
+* **Redirects** -- ``redirect_to`` (absolute ``http(s)://`` base URL), ``redirect_status`` (301, 302,
+  303, 307 or 308; default 307), ``redirect_routes`` (API paths; ``None`` = every API route): the
+  request is answered with that status and ``Location: <redirect_to><path>?<query>`` and nothing
+  else happens (no auth, no credits, no fault draw, no state change).
+* **Shifting transaction list** -- ``shift_after_page`` (page number or ``None``), ``shift_insert``
+  (default 1), ``shift_delete`` (default 0): after serving that page of ``GET /portfolio/transactions``
+  for a portfolio, ``shift_delete`` transactions are removed from the head of its list and then
+  ``shift_insert`` brand-new ones (dated after every other) are added at the head. This happens once
+  per portfolio per arming; any config update that names a ``shift_*`` field, and
+  :meth:`SandboxApp.arm_shift` / ``POST /_sandbox/shift/arm``, re-arm it.
+* **Edits between runs** -- :meth:`SandboxApp.add_transactions`, :meth:`SandboxApp.edit_note`,
+  :meth:`SandboxApp.edit_labels`, :meth:`SandboxApp.delete_transaction` and the admin routes
+  ``POST /_sandbox/transactions/{add,note,labels,delete}``; :meth:`SandboxApp.transactions` and
+  ``GET /_sandbox/transactions`` return a portfolio's complete current list.
+* **Capped page size** -- ``limit_cap``: ``/portfolio/coins`` and ``/portfolio/transactions`` serve at
+  most that many items per page, page ``p`` being items ``[(p-1)*cap, p*cap)``, and the transactions
+  envelope reports ``meta.limit = cap``.
+* **Stall mid-stream** -- ``stall_seconds`` with ``stall_routes`` (API paths; ``None`` = all) and
+  ``stall_on_page`` (``None`` = every request): the status line, headers and first half of the body
+  are sent, then the server sleeps, then sends the rest (a complete, valid answer).
+* **2xx cut on the wire** -- ``fault_rate_cut`` (random, drawn together with the other kinds) and the
+  targeted ``cut_routes`` + ``cut_count`` (the next ``cut_count`` answers of those routes;
+  the remaining count is visible in the config): the call is performed (credits charged, sync
+  started, ...), then the answer's headers and half of its body are sent and the connection is
+  closed. ``cut_mode`` ``"length"`` announces the full ``Content-Length``; ``"chunked"`` uses
+  ``Transfer-Encoding: chunked`` and stops mid-chunk.
+* **Transaction ids** -- ``transaction_ids``: every transaction carries
+  ``hash: {"id": "0x...", "explorerUrl": "..."}``, stable per transaction and across edits.
+
+``GET /_sandbox/stats`` counts the redirect, shift, stall and cut events under ``switches``.
+"""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import copy
 import dataclasses
+import http
 import ipaddress
 import json
 import math
@@ -40,6 +87,12 @@ INVALID_API_KEY_MESSAGE = (
 CREDITS_EXHAUSTED_MESSAGE = "Credits limit reached. Please upgrade your plan or wait for renewal."
 NOT_SYNCED_MESSAGE = "Transactions not synced. Please call PATCH /transactions"
 MAX_BODY_BYTES = 1 << 20
+CUT_FIELD = "fault_rate_cut"
+"""Config field of the ``cut`` fault rate (kept out of :data:`FAULT_KINDS` and the ``faults`` spread)."""
+CUT_MODES: tuple[str, ...] = ("length", "chunked")
+REDIRECT_STATUSES: tuple[int, ...] = (301, 302, 303, 307, 308)
+SWITCH_EVENTS: tuple[str, ...] = ("cut", "redirect", "shift", "stall")
+_SHIFT_FIELDS = frozenset({"shift_after_page", "shift_insert", "shift_delete"})
 
 _SERVER_ERRORS: dict[int, str] = {
     500: "Internal server error",
@@ -85,6 +138,21 @@ class SandboxConfig:
     fault_seed: int = 0
     retry_after: float | None = None
     quiet: bool = False
+    redirect_to: str | None = None
+    redirect_status: int = 307
+    redirect_routes: tuple[str, ...] | None = None
+    shift_after_page: int | None = None
+    shift_insert: int = 1
+    shift_delete: int = 0
+    limit_cap: int | None = None
+    stall_seconds: float = 0.0
+    stall_routes: tuple[str, ...] | None = None
+    stall_on_page: int | None = None
+    fault_rate_cut: float = 0.0
+    cut_routes: tuple[str, ...] | None = None
+    cut_count: int = 0
+    cut_mode: str = "length"
+    transaction_ids: bool = False
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -105,12 +173,34 @@ class SandboxConfig:
             raise ValueError("coins must not be negative")
         if self.retry_after is not None and self.retry_after < 0:
             raise ValueError("retry_after must not be negative")
-        rates = self.fault_rates()
-        for kind, rate in rates.items():
+        rates = {FAULT_FIELDS[kind]: rate for kind, rate in self.fault_rates().items()}
+        rates[CUT_FIELD] = self.fault_rate_cut
+        for name, rate in rates.items():
             if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{FAULT_FIELDS[kind]} must be within 0..1")
+                raise ValueError(f"{name} must be within 0..1")
         if sum(rates.values()) > 1.0 + 1e-9:
-            raise ValueError("the fault rates must add up to at most 1")
+            raise ValueError("the fault rates (fault_rate_cut included) must add up to at most 1")
+        self._check_switches()
+
+    def _check_switches(self) -> None:
+        if self.redirect_to is not None:
+            target = urlsplit(self.redirect_to)
+            if target.scheme not in ("http", "https") or not target.netloc or target.query or target.fragment:
+                raise ValueError(
+                    "redirect_to must be an absolute http(s) base URL without query or fragment, "
+                    "e.g. http://127.0.0.1:8766"
+                )
+        if self.redirect_status not in REDIRECT_STATUSES:
+            raise ValueError(f"redirect_status must be one of {', '.join(map(str, REDIRECT_STATUSES))}")
+        for name in ("shift_after_page", "limit_cap", "stall_on_page"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or null to switch it off)")
+        for name in ("shift_insert", "shift_delete", "stall_seconds", "cut_count"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.cut_mode not in CUT_MODES:
+            raise ValueError(f"cut_mode must be one of {', '.join(CUT_MODES)}")
 
     def _check_type(self, name: str, value: object) -> None:
         kind = _FIELD_KINDS[name]
@@ -123,6 +213,17 @@ class SandboxConfig:
                 object.__setattr__(self, name, value)
             if not isinstance(value, tuple) or not all(isinstance(key, str) for key in value):
                 raise ValueError(f"{name} must be a list of strings")
+        elif kind == "routes":
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, tuple) or not all(isinstance(path, str) for path in value):
+                raise ValueError(f"{name} must be a list of API paths such as /portfolio/transactions")
+            unknown = sorted(set(value) - _API_PATHS)
+            if unknown:
+                raise ValueError(
+                    f"{name}: unknown API path(s) {', '.join(unknown)}; known: {', '.join(sorted(_API_PATHS))}"
+                )
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a boolean")
@@ -180,7 +281,27 @@ _FIELD_KINDS: dict[str, str] = {
     "fault_seed": "int",
     "retry_after": "float?",
     "quiet": "bool",
+    "redirect_to": "str?",
+    "redirect_status": "int",
+    "redirect_routes": "routes?",
+    "shift_after_page": "int?",
+    "shift_insert": "int",
+    "shift_delete": "int",
+    "limit_cap": "int?",
+    "stall_seconds": "float",
+    "stall_routes": "routes?",
+    "stall_on_page": "int?",
+    "fault_rate_cut": "float",
+    "cut_routes": "routes?",
+    "cut_count": "int",
+    "cut_mode": "str",
+    "transaction_ids": "bool",
 }
+
+
+def _route_matches(routes: tuple[str, ...] | None, path: str) -> bool:
+    """Whether ``path`` is an API path selected by ``routes`` (``None`` selects every API path)."""
+    return path in _API_PATHS and (routes is None or path in routes)
 
 
 @dataclass
@@ -221,6 +342,15 @@ class _Portfolio:
     stuck: bool
     sync_until: float = math.inf
     synced_once: bool = False
+    # The transaction list is the generated one (indexes 0..n-1, newest first) with edits on top:
+    # ``added`` holds the serials of added transactions (newest first, all newer than the generated
+    # ones), ``deleted`` the sorted generated indexes that were removed, ``edits`` the note/label
+    # changes by transaction identity ("g<index>" or "a<serial>").
+    added: list[int] = field(default_factory=list)
+    next_serial: int = 1
+    deleted: list[int] = field(default_factory=list)
+    edits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shift_generation: int = -1
 
     def _refresh(self, now: float) -> None:
         if now >= self.sync_until:
@@ -237,6 +367,42 @@ class _Portfolio:
     def start_sync(self, now: float, seconds: float) -> None:
         self._refresh(now)
         self.sync_until = math.inf if self.stuck or seconds < 0 else now + seconds
+
+    def length(self, generated: int) -> int:
+        """Number of transactions when the portfolio generates ``generated`` of them."""
+        return len(self.added) + generated - bisect.bisect_left(self.deleted, generated)
+
+    def identity_at(self, generated: int, index: int) -> str:
+        """Identity of the transaction at ``index`` (0 = newest) of the current list."""
+        if index < len(self.added):
+            return f"a{self.added[index]}"
+        wanted = index - len(self.added)
+        # The least ``base`` with ``base == wanted + #deleted <= base`` is the wanted-th kept index.
+        base = wanted
+        while True:
+            moved = wanted + bisect.bisect_right(self.deleted, base)
+            if moved == base:
+                break
+            base = moved
+        if base >= generated:
+            raise IndexError(index)
+        return f"g{base}"
+
+    def add(self, count: int) -> None:
+        """Add ``count`` new transactions at the head, each newer than every other."""
+        for _ in range(count):
+            self.added.insert(0, self.next_serial)
+            self.next_serial += 1
+
+    def delete_at(self, generated: int, index: int) -> str:
+        """Remove the transaction at ``index`` of the current list; returns its identity."""
+        identity = self.identity_at(generated, index)
+        if identity.startswith("a"):
+            self.added.remove(int(identity[1:]))
+        else:
+            bisect.insort(self.deleted, int(identity[1:]))
+        self.edits.pop(identity, None)
+        return identity
 
 
 @dataclass(frozen=True)
@@ -275,6 +441,8 @@ class SandboxApp:
         self._responses: Counter[str] = Counter()
         self._faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self._credits_by_path: Counter[str] = Counter()
+        self._switches: dict[str, int] = dict.fromkeys(SWITCH_EVENTS, 0)
+        self._shift_generation = 0
 
     # -- configuration, stats and logging ---------------------------------------------------
 
@@ -291,6 +459,8 @@ class SandboxApp:
             new = self._config.updated(changes)
             if new.fault_seed != self._config.fault_seed:
                 self._fault_rng = random.Random(new.fault_seed)
+            if _SHIFT_FIELDS & set(changes):
+                self._shift_generation += 1
             self._config = new
             return new
 
@@ -303,6 +473,7 @@ class SandboxApp:
             self._responses.clear()
             self._faults = dict.fromkeys(FAULT_KINDS, 0)
             self._credits_by_path.clear()
+            self._switches = dict.fromkeys(SWITCH_EVENTS, 0)
             self._fault_rng = random.Random(self._config.fault_seed)
 
     def stats(self) -> dict[str, Any]:
@@ -315,6 +486,7 @@ class SandboxApp:
                 "credits_used": sum(self._used.values()),
                 "credits_by_path": dict(self._credits_by_path),
                 "portfolios": len(self._portfolios),
+                "switches": dict(self._switches),
             }
 
     def record_response(self, status: int) -> None:
@@ -337,23 +509,76 @@ class SandboxApp:
         return f"{method} {path}" if (method, path) in _ROUTES else f"{method} (unknown)"
 
     def plan_fault(self, route_key: str) -> tuple[str | None, int]:
-        """Count the request and draw its fault: (kind or None, status code for 5xx)."""
+        """Count the request and draw its fault: (kind or None, status code for 5xx).
+
+        The kind is one of :data:`FAULT_KINDS` or ``"cut"`` (drawn after the five kinds with
+        ``fault_rate_cut``, or forced while ``cut_count`` is positive for a ``cut_routes`` path).
+        """
         with self._lock:
+            config = self._config
             self._requests[route_key] += 1
             draw = self._fault_rng.random()
             chosen: str | None = None
             threshold = 0.0
-            for kind, rate in self._config.fault_rates().items():
+            for kind, rate in config.fault_rates().items():
                 threshold += rate
                 if draw < threshold:
                     chosen = kind
                     break
+            if chosen is None and draw < threshold + config.fault_rate_cut:
+                chosen = "cut"
+            path = route_key.split(" ", 1)[1]
+            if config.cut_count > 0 and _route_matches(config.cut_routes, path):
+                chosen = "cut"
+                self._config = dataclasses.replace(config, cut_count=config.cut_count - 1)
             code = 0
-            if chosen is not None:
+            if chosen == "cut":
+                self._switches["cut"] += 1
+            elif chosen is not None:
                 self._faults[chosen] += 1
                 if chosen == "5xx":
                     code = self._fault_rng.choice(tuple(_SERVER_ERRORS))
             return chosen, code
+
+    def plan_redirect(self, route_key: str, path: str, raw_path: str, raw_query: str) -> Response | None:
+        """The redirect answer of a request when ``redirect_to`` selects its path (counted), else None.
+
+        :param route_key: Statistics key of the request.
+        :param path: The normalised request path (matched against ``redirect_routes``).
+        :param raw_path: The path as requested (copied into ``Location``).
+        :param raw_query: The query string as requested (copied into ``Location``).
+        """
+        config = self._config
+        if config.redirect_to is None or not _route_matches(config.redirect_routes, path):
+            return None
+        location = config.redirect_to.rstrip("/") + raw_path + (f"?{raw_query}" if raw_query else "")
+        status = config.redirect_status
+        with self._lock:
+            self._requests[route_key] += 1
+            self._switches["redirect"] += 1
+        body = {"statusCode": status, "message": http.HTTPStatus(status).phrase}
+        return Response(status, body, {"Location": location})
+
+    def plan_stall(self, path: str, query: Mapping[str, str]) -> float:
+        """Seconds to pause in the middle of this request's answer (0 = none; counted when positive).
+
+        :param path: The normalised request path.
+        :param query: The request's query parameters (``page`` is matched against ``stall_on_page``).
+        """
+        config = self._config
+        if config.stall_seconds <= 0 or not _route_matches(config.stall_routes, path):
+            return 0.0
+        if config.stall_on_page is not None:
+            raw = query.get("page", "")
+            try:
+                page = int(raw) if raw else 1
+            except ValueError:
+                return 0.0
+            if page != config.stall_on_page:
+                return 0.0
+        with self._lock:
+            self._switches["stall"] += 1
+        return config.stall_seconds
 
     def fault_response(self, kind: str, code: int, path: str) -> Response:
         """The response of a 429 or 5xx fault."""
@@ -525,7 +750,9 @@ class SandboxApp:
             if number < 1 or (upper is not None and number > upper):
                 raise ApiError(400, f"Invalid parameter: {name}")
             values[name] = number
-        return values["page"], values["limit"]
+        cap = call.config.limit_cap
+        limit = values["limit"] if cap is None else min(values["limit"], cap)
+        return values["page"], limit
 
     def _value(self, call: _Call) -> Any:
         currency = self._currency(call, required=False)
@@ -553,22 +780,226 @@ class SandboxApp:
             assert portfolio is not None
             synced = portfolio.ever_synced(time.monotonic())
             spec = self._spec(portfolio, call.config)
-        if not synced:
-            raise ApiError(409, NOT_SYNCED_MESSAGE)
+            if not synced:
+                raise ApiError(409, NOT_SYNCED_MESSAGE)
+            generated = spec.transaction_count
+            start = (page - 1) * limit
+            stop = min(start + limit, portfolio.length(generated))
+            identities = [portfolio.identity_at(generated, index) for index in range(start, stop)]
+            edits = {key: copy.deepcopy(portfolio.edits[key]) for key in identities if key in portfolio.edits}
+            self._maybe_shift(portfolio, generated, page, call.config)
+        ids = call.config.transaction_ids
         return {
-            "data": data.transaction_items(spec, page, limit, currency),
+            "data": [_render(spec, key, edits.get(key), currency, ids=ids) for key in identities],
             "meta": {"page": page, "limit": limit},
         }
+
+    def _maybe_shift(self, portfolio: _Portfolio, generated: int, page: int, config: SandboxConfig) -> None:
+        """Apply the armed ``shift_*`` switch after serving ``page`` (caller holds the lock)."""
+        if config.shift_after_page != page or portfolio.shift_generation == self._shift_generation:
+            return
+        portfolio.shift_generation = self._shift_generation
+        for _ in range(min(config.shift_delete, portfolio.length(generated))):
+            portfolio.delete_at(generated, 0)
+        portfolio.add(config.shift_insert)
+        self._switches["shift"] += 1
 
     @staticmethod
     def _lookup_required_first(call: _Call) -> None:
         if not call.query.get("portfolioId"):
             raise ApiError(400, "Invalid parameter: portfolioId")
 
+    # -- transaction edits (admin) -------------------------------------------------------------
+
+    def _admin_portfolio(self, portfolio_id: str) -> tuple[_Portfolio, data.PortfolioSpec]:
+        """The portfolio and its spec; the caller holds the lock. Raises ``LookupError``."""
+        portfolio = self._portfolios.get(portfolio_id) if isinstance(portfolio_id, str) else None
+        if portfolio is None:
+            raise LookupError("no such portfolio in the sandbox: connect it first (POST /portfolio/exchange)")
+        return portfolio, self._spec(portfolio, self._config)
+
+    @staticmethod
+    def _check_index(index: object, length: int) -> int:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError("index must be an integer (0 = the newest transaction)")
+        if not 0 <= index < length:
+            raise ValueError(f"index {index} is out of range: the portfolio has {length} transaction(s)")
+        return index
+
+    def transactions(self, portfolio_id: str, currency: str = "USD") -> list[dict[str, Any]]:
+        """The portfolio's complete current transaction list, newest first, as the API would page it.
+
+        :param portfolio_id: A connected portfolio.
+        :param currency: Currency of the worth and price fields.
+        :raises LookupError: The portfolio is unknown.
+        :raises ValueError: The currency is not supported.
+        """
+        code = currency.upper() if isinstance(currency, str) else ""
+        if code not in data.CURRENCY_RATES:
+            raise ValueError(f"unsupported currency {currency!r}; use one of {', '.join(data.CURRENCY_RATES)}")
+        with self._lock:
+            portfolio, spec = self._admin_portfolio(portfolio_id)
+            generated = spec.transaction_count
+            identities = [portfolio.identity_at(generated, i) for i in range(portfolio.length(generated))]
+            edits = copy.deepcopy(portfolio.edits)
+            ids = self._config.transaction_ids
+        return [_render(spec, key, edits.get(key), code, ids=ids) for key in identities]
+
+    def transaction_count(self, portfolio_id: str) -> int:
+        """Number of transactions the portfolio currently has.
+
+        :param portfolio_id: A connected portfolio.
+        :raises LookupError: The portfolio is unknown.
+        """
+        with self._lock:
+            portfolio, spec = self._admin_portfolio(portfolio_id)
+            return portfolio.length(spec.transaction_count)
+
+    def add_transactions(self, portfolio_id: str, count: int = 1) -> int:
+        """Add ``count`` brand-new transactions at the head (newest first); returns the new total.
+
+        :param portfolio_id: A connected portfolio.
+        :param count: How many (at least 1).
+        :raises LookupError: The portfolio is unknown.
+        :raises ValueError: ``count`` is not a positive integer.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("count must be a positive integer")
+        with self._lock:
+            portfolio, spec = self._admin_portfolio(portfolio_id)
+            portfolio.add(count)
+            return portfolio.length(spec.transaction_count)
+
+    def edit_note(self, portfolio_id: str, index: int, note: Any) -> dict[str, Any]:
+        """Set the ``note`` of the transaction at ``index`` (0 = newest); returns the item (USD).
+
+        :param portfolio_id: A connected portfolio.
+        :param index: Position in the current list.
+        :param note: Any JSON value; ``None`` removes the note again (the field disappears).
+        :raises LookupError: The portfolio is unknown.
+        :raises ValueError: Bad index or a note that is not JSON.
+        """
+        try:
+            json.dumps(note, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("note must be a JSON value (string, number, object, ...)") from None
+        return self._edit(portfolio_id, index, "note", copy.deepcopy(note))
+
+    def edit_labels(
+        self, portfolio_id: str, index: int, *, name: str | None = None, icon: str | None = None
+    ) -> dict[str, Any]:
+        """Change the ``portfolioInfo`` labels of one transaction (not part of its identity).
+
+        :param portfolio_id: A connected portfolio.
+        :param index: Position in the current list (0 = newest).
+        :param name: New ``portfolioInfo.name``.
+        :param icon: New ``portfolioInfo.icon``.
+        :return: The edited item (USD).
+        :raises LookupError: The portfolio is unknown.
+        :raises ValueError: Bad index or no/invalid label.
+        """
+        labels = {key: value for key, value in (("name", name), ("icon", icon)) if value is not None}
+        if not labels or not all(isinstance(value, str) for value in labels.values()):
+            raise ValueError("give name and/or icon as strings")
+        return self._edit(portfolio_id, index, "portfolioInfo", labels)
+
+    def _edit(self, portfolio_id: str, index: int, field_name: str, value: Any) -> dict[str, Any]:
+        with self._lock:
+            portfolio, spec = self._admin_portfolio(portfolio_id)
+            generated = spec.transaction_count
+            identity = portfolio.identity_at(generated, self._check_index(index, portfolio.length(generated)))
+            edit = portfolio.edits.setdefault(identity, {})
+            if field_name == "note" and value is None:
+                edit.pop("note", None)
+            elif field_name == "portfolioInfo":
+                edit["portfolioInfo"] = {**edit.get("portfolioInfo", {}), **value}
+            else:
+                edit[field_name] = value
+            if not edit:
+                del portfolio.edits[identity]
+            current = copy.deepcopy(edit)
+            ids = self._config.transaction_ids
+        return _render(spec, identity, current, "USD", ids=ids)
+
+    def delete_transaction(self, portfolio_id: str, index: int) -> dict[str, Any]:
+        """Delete the transaction at ``index`` (0 = newest); returns it as it was (USD).
+
+        :param portfolio_id: A connected portfolio.
+        :param index: Position in the current list.
+        :raises LookupError: The portfolio is unknown.
+        :raises ValueError: Bad index.
+        """
+        with self._lock:
+            portfolio, spec = self._admin_portfolio(portfolio_id)
+            generated = spec.transaction_count
+            position = self._check_index(index, portfolio.length(generated))
+            identity = portfolio.identity_at(generated, position)
+            edit = copy.deepcopy(portfolio.edits.get(identity))
+            portfolio.delete_at(generated, position)
+            ids = self._config.transaction_ids
+        return _render(spec, identity, edit, "USD", ids=ids)
+
+    def arm_shift(self) -> None:
+        """Re-arm the ``shift_*`` switch: every portfolio shifts once more after the configured page."""
+        with self._lock:
+            self._shift_generation += 1
+
+    def _admin_transactions(self, method: str, path: str, body: bytes, query: Mapping[str, str]) -> Response:
+        """``/_sandbox/transactions[/add|/note|/labels|/delete]``."""
+        if (method, path) == ("GET", "/_sandbox/transactions"):
+            items = self.transactions(query.get("portfolioId", ""), query.get("currency", "USD") or "USD")
+            return Response(200, {"data": items, "count": len(items)})
+        action = path.removeprefix("/_sandbox/transactions/")
+        if method != "POST" or action not in ("add", "note", "labels", "delete"):
+            return error_response(404, f"Cannot {method} {path}", path)
+        try:
+            request = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("the body must be a JSON object") from None
+        if not isinstance(request, dict):
+            raise ValueError("the body must be a JSON object")
+        pid = request.get("portfolioId")
+        if not isinstance(pid, str) or not pid:
+            raise ValueError("portfolioId is required")
+        if action == "add":
+            total = self.add_transactions(pid, request.get("count", 1))
+            return Response(200, {"count": total})
+        if "index" not in request:
+            raise ValueError("index is required (0 = the newest transaction)")
+        index = request["index"]
+        if action == "note":
+            if "note" not in request:
+                raise ValueError("note is required (null removes it)")
+            item = self.edit_note(pid, index, request["note"])
+        elif action == "labels":
+            item = self.edit_labels(pid, index, name=request.get("name"), icon=request.get("icon"))
+        else:
+            item = self.delete_transaction(pid, index)
+        return Response(200, {"transaction": item})
+
     # -- admin ----------------------------------------------------------------------------------
 
-    def handle_admin(self, method: str, path: str, body: bytes, *, running: bool) -> Response:
-        """``/_sandbox/*``: stats, reset and runtime configuration (no auth, never charged)."""
+    def handle_admin(
+        self, method: str, path: str, body: bytes, *, running: bool, query: Mapping[str, str] | None = None
+    ) -> Response:
+        """``/_sandbox/*``: stats, reset, runtime configuration and transaction edits (no auth, never charged).
+
+        :param method: HTTP method.
+        :param path: Normalised path.
+        :param body: Request body.
+        :param running: Whether the HTTP server is running (host and port are then fixed).
+        :param query: Query parameters (``GET /_sandbox/transactions`` reads ``portfolioId`` and ``currency``).
+        """
+        if path == "/_sandbox/transactions" or path.startswith("/_sandbox/transactions/"):
+            try:
+                return self._admin_transactions(method, path, body, query or {})
+            except LookupError as exc:
+                return error_response(404, str(exc), path)
+            except ValueError as exc:
+                return error_response(400, str(exc), path)
+        if (method, path) == ("POST", "/_sandbox/shift/arm"):
+            self.arm_shift()
+            return Response(200, {"success": True})
         if (method, path) == ("GET", "/_sandbox/stats"):
             return Response(200, self.stats())
         if (method, path) == ("POST", "/_sandbox/reset"):
@@ -587,6 +1018,25 @@ class SandboxApp:
         return error_response(404, f"Cannot {method} {path}", path)
 
 
+def _render(
+    spec: data.PortfolioSpec, identity: str, edit: Mapping[str, Any] | None, currency: str, *, ids: bool
+) -> dict[str, Any]:
+    """``TransactionItemDto`` of one transaction identity ("g<index>" or "a<serial>") with its edits."""
+    number = int(identity[1:])
+    if identity.startswith("g"):
+        item = data.transaction_at(spec, number, currency)
+    else:
+        item = data.new_transaction_at(spec, number, currency)
+    if edit:
+        if "portfolioInfo" in edit:
+            item["portfolioInfo"] = {**item["portfolioInfo"], **edit["portfolioInfo"]}
+        if "note" in edit:
+            item["note"] = edit["note"]
+    if ids:
+        item["hash"] = data.transaction_hash(spec.portfolio_id, identity)
+    return item
+
+
 _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/exchange/support"): _Route(SandboxApp._support, _fixed(1)),
     ("POST", "/portfolio/exchange"): _Route(SandboxApp._connect, _fixed(10)),
@@ -599,6 +1049,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/portfolio/transactions"): _Route(SandboxApp._transactions, _fixed(4)),
     ("GET", "/usage/credits"): _Route(SandboxApp._usage, _fixed(0)),
 }
+_API_PATHS = frozenset(path for _, path in _ROUTES)
 
 
 # -- HTTP transport -------------------------------------------------------------------------------
@@ -694,15 +1145,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if body is None:
             return
         if path == "/_sandbox" or path.startswith("/_sandbox/"):
-            response = app.handle_admin(self.command, path, body, running=self._server.running)
+            response = app.handle_admin(self.command, path, body, running=self._server.running, query=query)
             self._send(response)
             app.log(self.command, path, str(response.status))
             return
 
+        route_key = app.route_key(self.command, path)
+        redirect = app.plan_redirect(route_key, path, split.path, split.query)
+        if redirect is not None:
+            app.record_response(redirect.status)
+            self._send(redirect)
+            app.log(self.command, path, f"{redirect.status} redirect")
+            return
         config = app.config
         if config.latency_ms > 0:
             time.sleep(config.latency_ms / 1000.0)
-        kind, code = app.plan_fault(app.route_key(self.command, path))
+        kind, code = app.plan_fault(route_key)
         if kind == "reset":
             self._reset_connection()
             app.log(self.command, path, "connection reset")
@@ -715,8 +1173,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             api_key = self.headers.get("X-API-KEY")
             response = app.handle_api(self.command, path, query, body, api_key)
         app.record_response(response.status)  # before sending: clients may read stats right after
-        self._send(response, truncate=kind == "truncate")
-        app.log(self.command, path, str(response.status) + (" truncated" if kind == "truncate" else ""))
+        if kind == "cut":
+            self._send(response, cut=config.cut_mode)
+            app.log(self.command, path, f"{response.status} cut")
+            return
+        stall = app.plan_stall(path, query) if kind is None else 0.0
+        self._send(response, truncate=kind == "truncate", stall=stall)
+        outcome = " truncated" if kind == "truncate" else " stalled" if stall else ""
+        app.log(self.command, path, str(response.status) + outcome)
 
     def _read_body(self, app: SandboxApp, path: str) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -736,18 +1200,40 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length)
 
-    def _send(self, response: Response, *, truncate: bool = False) -> None:
+    def _send(self, response: Response, *, truncate: bool = False, cut: str | None = None, stall: float = 0.0) -> None:
+        """Write the answer.
+
+        :param response: Status, JSON payload and extra headers.
+        :param truncate: Send only the first half of the body (a complete message with bad JSON).
+        :param cut: ``"length"`` or ``"chunked"``: announce the whole body, send half, close.
+        :param stall: Seconds to pause after the first half of the body.
+        """
         raw = json.dumps(response.payload, separators=(",", ":"), allow_nan=False).encode()
         if truncate:
             raw = raw[: len(raw) // 2]
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(raw)))
+        if cut == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(raw)))
         for name, value in response.headers.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        half = len(raw) // 2
+        if cut is not None:
+            self.close_connection = True
+            prefix = f"{len(raw):x}\r\n".encode() if cut == "chunked" else b""
+            self.wfile.write(prefix + raw[:half])
+            return
+        if stall > 0:
+            self.wfile.write(raw[:half])
+            self.wfile.flush()
+            time.sleep(stall)
+            self.wfile.write(raw[half:])
+            return
         self.wfile.write(raw)
 
     def _reset_connection(self) -> None:

@@ -41,11 +41,43 @@ class CoinStatsTransportError(CoinStatsError):
 
 
 class CoinStatsResponseError(CoinStatsError):
-    """CoinStats answered 2xx with a body that is not what the contract documents."""
+    """CoinStats answered 2xx with a body that is not what the contract documents.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    :param message: What was wrong, already redacted.
+    :param retryable: Whether sending the call again could help.
+    :param cause: Short cause for retry log lines, e.g. ``unreadable JSON body``.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, cause: str = "unreadable JSON body") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.cause = cause
+
+
+class CoinStatsTruncatedAnswerError(CoinStatsResponseError):
+    """A paid write was answered 2xx but its body was cut off or unreadable; the hook never re-sends it.
+
+    CoinStats did the work (and billed it); sending the call again would pay twice. ``retryable`` tells
+    whether a new Airflow try may send it again on purpose: only for the connect, whose answer (the
+    portfolioId) can be learnt no other way and which CoinStats answers ``existing`` the second time.
+
+    :param message: What happened and what to do, already redacted.
+    :param cause: Short cause for log lines.
+    :param retryable: Whether a new task try may send the call again.
+    """
+
+    def __init__(self, message: str, *, cause: str = "body cut off", retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable, cause=cause)
+
+
+class CoinStatsListChangedError(CoinStatsResponseError):
+    """A paged list changed upstream between two page reads; the stream was abandoned, nothing loaded.
+
+    Reading the stream again from its first page gives a consistent list (retryable).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True, cause="list changed between page reads")
 
 
 class CoinStatsAPIError(CoinStatsError):
@@ -81,6 +113,14 @@ class CoinStatsAPIError(CoinStatsError):
         if hint:
             parts.append(f"{'' if parts[-1].endswith('.') else '.'} {hint}")
         super().__init__("".join(parts))
+
+
+class CoinStatsRedirectError(CoinStatsAPIError):
+    """3xx: CoinStats (or something in between) redirected the call; redirects are never followed.
+
+    Following one would re-send the API key header and a request body with exchange credentials to
+    the redirect target. Not retryable: the connection's host must be fixed.
+    """
 
 
 class CoinStatsBadRequestError(CoinStatsAPIError):

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import decimal
 import email.utils
 import hashlib
+import ipaddress
 import itertools
 import json
+import logging
+import math
 import os
 import random
+import re
+import stat
 import tempfile
 import threading
 import time
@@ -17,14 +24,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 
-from coinstats_provider import __version__
+from coinstats_provider import __version__, paging
 from coinstats_provider.credits import CreditMeter, credit_cost
 from coinstats_provider.exceptions import (
     CoinStatsAPIError,
@@ -39,11 +46,14 @@ from coinstats_provider.exceptions import (
     CoinStatsNotFoundError,
     CoinStatsPermissionError,
     CoinStatsRateLimitError,
+    CoinStatsRedirectError,
     CoinStatsResponseError,
     CoinStatsServerError,
     CoinStatsTransportError,
+    CoinStatsTruncatedAnswerError,
 )
 from coinstats_provider.models import ConnectResult, ConnectStatus, CreditUsage, SupportedExchange, SyncStatus
+from coinstats_provider.paging import DEFAULT_MAX_PAGES, PagedRoute, iter_pages
 
 if TYPE_CHECKING:
     # requests is imported when a task first sends a request, not when a DAG file is parsed.
@@ -61,6 +71,22 @@ USER_AGENT = f"airflow-provider-coinstats/{__version__}"
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _EXCHANGE_ROUTES = ("/portfolio/exchange", "/exchange/", "/portfolio/sync")
 _MAX_MESSAGE = 300
+#: Longest wait a ``Retry-After`` header can ask for (the retry delay is further capped by ``backoff_max``).
+MAX_RETRY_AFTER = 86400.0
+_RETRY_AFTER_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?", re.ASCII)
+#: Allowed (minimum, maximum) of the numeric connection extras.
+_EXTRA_RANGES: Mapping[str, tuple[float, float]] = {
+    "timeout": (0.001, 3600.0),
+    "backoff_base": (0.0, 3600.0),
+    "backoff_max": (0.0, 86400.0),
+    "support_cache_ttl": (0.0, 30 * 86400.0),
+    "credit_budget": (0.0, 1e12),
+}
+#: How far in the future a cached ``fetched_at`` may lie (clock skew between workers) before it is rejected.
+_CACHE_CLOCK_SKEW = 300.0
+_CACHE_MAX_BYTES = 4 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 # In-process cache of GET /exchange/support, keyed by base URL: (fetched_at, exchanges).
 _SUPPORT_CACHE: dict[str, tuple[float, list[SupportedExchange]]] = {}
@@ -106,26 +132,82 @@ def parse_extra(conn: Connection) -> dict[str, Any]:
     return value
 
 
-def _number(conn_id: str, extra: Mapping[str, Any], key: str, default: float, *, minimum: float) -> float:
-    value = extra.get(key, default)
-    if value is None or value == "":
-        return default
+def _shown(value: Any) -> str:
+    """Render a configuration value for an error message (short, JSON-like)."""
     try:
-        number = float(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(conn_id: str, key: str, value: Any, default: float) -> float:
+    """Validate one numeric extra (or the hook argument of the same name) against its allowed range.
+
+    :param conn_id: Connection id, for error messages.
+    :param key: Extra name, a key of ``_EXTRA_RANGES``.
+    :param value: The configured value; ``None`` or ``""`` means the default.
+    :param default: Value used when nothing is configured.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    low, high = _EXTRA_RANGES[key]
+    number: float | None = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is None or not math.isfinite(number) or not low <= number <= high:
         raise CoinStatsConfigError(
-            f"Extra '{key}' of connection '{conn_id}' must be a number, got {type(value).__name__}."
-        ) from None
-    if number < minimum:
-        raise CoinStatsConfigError(f"Extra '{key}' of connection '{conn_id}' must be >= {minimum}.")
+            f"Extra '{key}' of connection '{conn_id}' must be a finite number from {low:g} to {high:g}, "
+            f"got {_shown(value)}. Fix the connection extra (or the hook argument '{key}')."
+        )
     return number
+
+
+def _max_retries(conn_id: str, value: Any) -> int:
+    """Validate ``max_retries``: an integer from 0 to 20 (not a boolean, not a fraction, not NaN).
+
+    :param conn_id: Connection id, for error messages.
+    :param value: The configured value.
+    """
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,6}\s*", value, re.ASCII)
+    ):
+        number = int(value)
+    if number is None or not 0 <= number <= 20:
+        raise CoinStatsConfigError(
+            f"Extra 'max_retries' of connection '{conn_id}' must be an integer between 0 and 20, "
+            f"got {_shown(value)}. Fix the connection extra (or the hook argument 'max_retries')."
+        )
+    return number
+
+
+def _is_loopback(hostname: str) -> bool:
+    """Tell whether ``hostname`` is ``localhost``, an address in 127.0.0.0/8 or ``::1``.
+
+    :param hostname: Host name as parsed from a URL (lower-cased, without brackets).
+    """
+    if hostname.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def build_base_url(conn_id: str, host: str | None, port: int | None) -> str:
     """Build the API base URL from a connection's host and port.
 
     ``host`` may be empty (default CoinStats URL), a bare host name, or a full URL with scheme, port
-    and path; a separate ``port`` is added when the host has none.
+    and path; a separate ``port`` is added when the host has none. Plain ``http://`` is accepted only
+    for a loopback host; every other host must use ``https://``.
 
     :param conn_id: Connection id, for error messages.
     :param host: The connection's host field.
@@ -152,6 +234,13 @@ def build_base_url(conn_id: str, host: str | None, port: int | None) -> str:
         raise CoinStatsConfigError(
             f"Connection '{conn_id}' host must not contain credentials, a query or a fragment; "
             "put the API key in the Password field."
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise CoinStatsConfigError(
+            f"Connection '{conn_id}' uses plain http:// for host {parts.hostname}: the API key would travel "
+            f"unencrypted. Use https://{parts.netloc}{parts.path.rstrip('/')} as the host; plain http is only "
+            "accepted for a loopback host (localhost, 127.0.0.0/8, ::1), such as the sandbox at "
+            "http://127.0.0.1:8765."
         )
     netloc = parts.netloc
     if port:
@@ -192,24 +281,20 @@ def settings_from_connection(
         )
     extra = parse_extra(conn)
     budget_raw = credit_budget if credit_budget is not None else extra.get("credit_budget")
-    budget = None if budget_raw in (None, "") else int(_number(conn_id, {"b": budget_raw}, "b", 0, minimum=0))
+    budget = None if budget_raw is None or budget_raw == "" else int(_number(conn_id, "credit_budget", budget_raw, 0))
     retries = max_retries if max_retries is not None else extra.get("max_retries", DEFAULT_MAX_RETRIES)
-    try:
-        retries_int = int(retries)
-    except (TypeError, ValueError):
-        raise CoinStatsConfigError(f"Extra 'max_retries' of connection '{conn_id}' must be an integer.") from None
-    if not 0 <= retries_int <= 20:
-        raise CoinStatsConfigError(f"Extra 'max_retries' of connection '{conn_id}' must be between 0 and 20.")
     return ClientSettings(
         conn_id=conn_id,
         base_url=build_base_url(conn_id, conn.host, conn.port),
         api_key=api_key,
-        timeout=timeout if timeout is not None else _number(conn_id, extra, "timeout", DEFAULT_TIMEOUT, minimum=0.001),
-        max_retries=retries_int,
-        backoff_base=_number(conn_id, extra, "backoff_base", DEFAULT_BACKOFF_BASE, minimum=0),
-        backoff_max=_number(conn_id, extra, "backoff_max", DEFAULT_BACKOFF_MAX, minimum=0),
+        timeout=_number(conn_id, "timeout", timeout if timeout is not None else extra.get("timeout"), DEFAULT_TIMEOUT),
+        max_retries=_max_retries(conn_id, retries),
+        backoff_base=_number(conn_id, "backoff_base", extra.get("backoff_base"), DEFAULT_BACKOFF_BASE),
+        backoff_max=_number(conn_id, "backoff_max", extra.get("backoff_max"), DEFAULT_BACKOFF_MAX),
         credit_budget=budget,
-        support_cache_ttl=_number(conn_id, extra, "support_cache_ttl", DEFAULT_SUPPORT_CACHE_TTL, minimum=0),
+        support_cache_ttl=_number(
+            conn_id, "support_cache_ttl", extra.get("support_cache_ttl"), DEFAULT_SUPPORT_CACHE_TTL
+        ),
     )
 
 
@@ -219,14 +304,58 @@ def redact(text: str, secrets: Collection[str]) -> str:
     :param text: Text that may echo a secret (e.g. a CoinStats error message).
     :param secrets: Secret values to remove.
     """
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    text = " ".join(text.split())
+    text = " ".join(_redact_forms(text, secrets).split())
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _secret_forms(secret: str) -> set[str]:
+    """Return ``secret`` as written raw, JSON-escaped (ASCII or not) and ``repr``/``ascii``-escaped."""
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+        ascii(secret)[1:-1],
+    }
+    return {form for form in forms if form}
+
+
+def _redact_forms(text: str, secrets: Collection[str]) -> str:
+    """Replace every written form of every secret in ``text`` by ``***`` (no length cap)."""
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            forms |= _secret_forms(secret)
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def _flatten_message(value: Any, secrets: Collection[str], depth: int = 0) -> str:
+    """Join a (possibly nested) CoinStats ``message`` into text, redacting each string leaf first.
+
+    Each leaf is redacted before anything is stringified, so escaping (``str()`` of a list doubles a
+    backslash) cannot hide a secret from :func:`redact`.
+    """
+    if depth > 8:
+        return "..."
+    if isinstance(value, str):
+        return _redact_forms(value, secrets)
+    if isinstance(value, list):
+        return "; ".join(_flatten_message(item, secrets, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return "; ".join(
+            f"{_flatten_message(key, secrets, depth + 1)}: {_flatten_message(item, secrets, depth + 1)}"
+            for key, item in value.items()
+        )
+    return _redact_forms(str(value), secrets)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Parse a ``Retry-After`` header (seconds or HTTP date) into seconds to wait.
+
+    Seconds must be ASCII digits (optionally with a decimal fraction); anything else that is not an
+    HTTP date counts as no header. The wait is capped at :data:`MAX_RETRY_AFTER`.
 
     :param value: The header value, if any.
     :param now: Current epoch seconds (for tests).
@@ -234,13 +363,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    if _RETRY_AFTER_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER)
+    if not value.isascii():
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    try:
+        wait = email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
+        return None
+    if not math.isfinite(wait):
+        return None
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 def error_from_response(
@@ -257,15 +390,13 @@ def error_from_response(
     body: Any = None
     try:
         body = json.loads(content) if content else None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     body = body if isinstance(body, dict) else {}
     raw_message = body.get("message") or body.get("error") or ""
-    if isinstance(raw_message, list):
-        raw_message = "; ".join(str(m) for m in raw_message)
-    message = redact(str(raw_message), secrets)
+    message = redact(_flatten_message(raw_message, secrets), secrets)
     request_id_raw = body.get("requestId") or body.get("request_id")
-    request_id = redact(str(request_id_raw), secrets)[:80] if request_id_raw else None
+    request_id = redact(_flatten_message(request_id_raw, secrets), secrets)[:80] if request_id_raw else None
     lowered = message.lower()
     kwargs: dict[str, Any] = {"request_id": request_id, "path": path}
     if status == 400:
@@ -329,24 +460,13 @@ def error_from_response(
     return CoinStatsAPIError(status, message, **kwargs)
 
 
-def _items(data: Any, keys: tuple[str, ...], path: str) -> list[dict[str, Any]]:
-    """Return the item list of a paged envelope, accepting either ``result`` or ``data``."""
-    if isinstance(data, dict):
-        for key in keys:
-            value = data.get(key)
-            if isinstance(value, list):
-                return value
-    raise CoinStatsResponseError(
-        f"CoinStats {path} answered without a list under {' or '.join(repr(k) for k in keys)}."
-    )
-
-
 class CoinStatsHook(BaseHook):
     """Client for the CoinStats OpenAPI.
 
-    Retries connection errors, timeouts, malformed 2xx bodies, 429 and 500/502/503/504 with
-    ``Retry-After`` or capped exponential backoff with jitter; every other error raises a typed
-    exception at once. Counts credits per call in :attr:`credits`.
+    Retries connection errors, timeouts, malformed or cut-off 2xx bodies of reads, 429 and
+    500/502/503/504 with ``Retry-After`` or capped exponential backoff with jitter; every other error
+    raises a typed exception at once. A paid write answered 2xx is never sent twice, and redirects are
+    never followed. Counts credits per call in :attr:`credits`.
 
     :param coinstats_conn_id: Airflow connection of type ``coinstats``.
     :param timeout: Seconds per request; overrides the connection extra ``timeout``.
@@ -443,39 +563,90 @@ class CoinStatsHook(BaseHook):
         path: str,
         cost: int,
         status: int,
-        content: bytes,
+        content: bytes | None,
         headers: Mapping[str, str],
         secrets: Collection[str],
         *,
         need_body: bool = True,
+        resend_after_2xx: bool = True,
+        exact_numbers: bool = False,
+        read_error: str | None = None,
     ) -> tuple[Any, CoinStatsError | None, float | None]:
         """Turn one HTTP answer into ``(json, None, None)`` or ``(None, retryable error, Retry-After)``.
 
-        Counts the credits of a 2xx answer; raises non-retryable errors at once.
+        Counts the credits of a 2xx answer (CoinStats served it, whether or not its body arrived
+        intact); raises non-retryable errors at once.
+
+        :param content: The body, or ``None`` when reading it failed (``read_error`` says why).
+        :param need_body: ``False`` when the 2xx status alone proves success.
+        :param resend_after_2xx: ``False`` for a paid write: an unreadable 2xx body then raises
+            :class:`CoinStatsTruncatedAnswerError` instead of sending (and paying for) the call again.
+        :param exact_numbers: Decode JSON numbers with a fraction or exponent as :class:`decimal.Decimal`.
+        :param read_error: Class name of the error that cut the body off, if any.
         """
         if 200 <= status < 300:
             self.credits.record(method, path, cost)
-            try:
-                return json.loads(content), None, None
-            except ValueError:
-                if not need_body:
-                    self.log.warning(
-                        "CoinStats %s %s answered %d with an unreadable body; the call succeeded, so it is "
-                        "not sent (and paid for) again",
-                        method,
-                        path,
-                        status,
-                    )
-                    return None, None, None
-                error: CoinStatsError = CoinStatsResponseError(
-                    f"CoinStats {method} {path} answered {status} with malformed or truncated JSON.",
-                    retryable=True,
+            if read_error is None:
+                try:
+                    return _decode_json(content or b"", exact_numbers=exact_numbers), None, None
+                except _NonStandardConstantError as err:
+                    problem, cause = f"the non-standard JSON constant {err.constant}", "non-standard JSON"
+                except (ValueError, RecursionError):
+                    problem, cause = "malformed or truncated JSON", "unreadable JSON body"
+            else:
+                problem, cause = f"a body cut off on the wire ({read_error})", f"body cut off: {read_error}"
+            if not need_body:
+                self.log.warning(
+                    "CoinStats %s %s answered %d with an unreadable body; the call succeeded, so it is "
+                    "not sent (and paid for) again (%s)",
+                    method,
+                    path,
+                    status,
+                    cause,
                 )
-                return None, error, None
-        error = error_from_response(status, content, path, secrets, self.coinstats_conn_id)
+                return None, None, None
+            if not resend_after_2xx:
+                raise CoinStatsTruncatedAnswerError(
+                    _unreadable_write_message(method, path, status, problem),
+                    cause=cause,
+                    retryable=(method.upper(), path) == ("POST", "/portfolio/exchange"),
+                )
+            error: CoinStatsError = CoinStatsResponseError(
+                f"CoinStats {method} {path} answered {status} with {problem}.", retryable=True, cause=cause
+            )
+            return None, error, None
+        error = error_from_response(status, content or b"", path, secrets, self.coinstats_conn_id)
         if status not in RETRYABLE_STATUS or isinstance(error, CoinStatsCreditsExhaustedError):
             raise error
         return None, error, parse_retry_after(headers.get("Retry-After"))
+
+    def _refuse_redirect(
+        self, method: str, path: str, status: int, location: str | None, secrets: Collection[str]
+    ) -> None:
+        """Raise :class:`CoinStatsRedirectError` for a 3xx answer; redirects are never followed.
+
+        Following one would re-send the ``X-API-KEY`` header (and a POST body with exchange
+        credentials) to wherever ``Location`` points. No credits are counted.
+
+        :param method: HTTP method.
+        :param path: API path.
+        :param status: HTTP status of the answer.
+        :param location: Its ``Location`` header; only scheme, host and port are ever shown.
+        :param secrets: Values to redact.
+        """
+        if not 300 <= status < 400:
+            return
+        base_url = self.settings.base_url
+        target = redact(_redirect_target(location, base_url + path), secrets)
+        raise CoinStatsRedirectError(
+            status,
+            f"{method} {path} was redirected to {target}; redirects are never followed, so the API key "
+            "and the request body were not sent there",
+            path=path,
+            hint=f"Set the host of connection '{self.coinstats_conn_id}' (now {base_url}) to the final base "
+            "URL of the CoinStats API (without the redirect), e.g. the https address the redirect points to "
+            "if it is genuinely CoinStats.",
+        )
 
     def _transport_error(self, method: str, path: str, err: Exception) -> CoinStatsTransportError:
         settings = self.settings
@@ -513,8 +684,13 @@ class CoinStatsHook(BaseHook):
         json_body: Mapping[str, Any] | None = None,
         secrets: Collection[str] = (),
         need_body: bool = True,
+        resend_after_2xx: bool | None = None,
+        exact_numbers: bool = False,
     ) -> Any:
         """Send one API call with retries and credit accounting; return the decoded JSON.
+
+        Redirects are never followed (a 3xx raises :class:`CoinStatsRedirectError`). The status line is
+        read before the body, so a 2xx whose body is cut off on the wire is still known to be served.
 
         :param method: HTTP method.
         :param path: API path, e.g. ``/portfolio/coins``.
@@ -523,30 +699,55 @@ class CoinStatsHook(BaseHook):
         :param secrets: Extra secret values (besides the API key) to redact from error messages.
         :param need_body: ``False`` when the 2xx status alone proves success: a 2xx answer whose body is
             unreadable then returns ``None`` instead of being retried (and paid for) again.
+        :param resend_after_2xx: Whether the call may be sent again after a 2xx answer whose body is cut
+            off or unreadable. Default: only for ``GET``; a write then raises
+            :class:`CoinStatsTruncatedAnswerError` (unless ``need_body`` is ``False``).
+        :param exact_numbers: Decode numbers with a fraction or exponent as :class:`decimal.Decimal`
+            (every digit kept) and treat ``NaN``/``Infinity`` in the body as a malformed answer.
         """
         settings = self.settings
         cost = credit_cost(method, path, params)
         all_secrets = (settings.api_key, *secrets)
         url = settings.base_url + path
+        resend = method.upper() == "GET" if resend_after_2xx is None else resend_after_2xx
         for attempt in itertools.count():
             # Before every attempt: a retry costs credits again if CoinStats answered the last one 2xx.
             self.credits.check(method, path, cost)
             try:
-                response = self.session.request(method, url, params=params, json=json_body, timeout=settings.timeout)
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    timeout=settings.timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
             except _transport_errors() as err:
                 error: CoinStatsError | None = self._transport_error(method, path, err)
                 retry_after: float | None = None
             else:
                 with response:
+                    status = response.status_code
+                    self._refuse_redirect(method, path, status, response.headers.get("Location"), all_secrets)
+                    content: bytes | None = None
+                    read_error: str | None = None
+                    try:
+                        content = response.content
+                    except _body_errors() as err:
+                        read_error = type(err).__name__
                     data, error, retry_after = self._answered(
                         method,
                         path,
                         cost,
-                        response.status_code,
-                        response.content,
+                        status,
+                        content,
                         response.headers,
                         all_secrets,
                         need_body=need_body,
+                        resend_after_2xx=resend,
+                        exact_numbers=exact_numbers,
+                        read_error=read_error,
                     )
                 if error is None:
                     return data
@@ -554,30 +755,70 @@ class CoinStatsHook(BaseHook):
             self._sleep(self._backoff(method, path, attempt, error, retry_after))
         raise AssertionError("unreachable")
 
-    async def arequest(self, method: str, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
-        """Async variant of :meth:`request` (used by triggers); same retry and error policy.
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        need_body: bool = True,
+        resend_after_2xx: bool | None = None,
+        exact_numbers: bool = False,
+    ) -> Any:
+        """Async variant of :meth:`request` (used by triggers); same retry, redirect and error policy.
 
         :param method: HTTP method.
         :param path: API path.
         :param params: Query parameters.
+        :param need_body: As in :meth:`request`.
+        :param resend_after_2xx: As in :meth:`request`.
+        :param exact_numbers: As in :meth:`request`.
         """
         settings = await self.asettings()
         cost = credit_cost(method, path, params)
         secrets = (settings.api_key,)
+        resend = method.upper() == "GET" if resend_after_2xx is None else resend_after_2xx
         async with httpx.AsyncClient(
-            base_url=settings.base_url, headers=self._headers(settings), timeout=settings.timeout
+            base_url=settings.base_url,
+            headers=self._headers(settings),
+            timeout=settings.timeout,
+            follow_redirects=False,
         ) as client:
             for attempt in itertools.count():
                 self.credits.check(method, path, cost)
                 try:
-                    response = await client.request(method, path, params=params)
+                    response = await client.send(
+                        client.build_request(method, path, params=params), stream=True, follow_redirects=False
+                    )
                 except httpx.TransportError as err:
                     error: CoinStatsError | None = self._transport_error(method, path, err)
                     retry_after: float | None = None
                 else:
-                    data, error, retry_after = self._answered(
-                        method, path, cost, response.status_code, response.content, response.headers, secrets
-                    )
+                    try:
+                        status = response.status_code
+                        self._refuse_redirect(method, path, status, response.headers.get("Location"), secrets)
+                        content: bytes | None = None
+                        read_error: str | None = None
+                        try:
+                            content = await response.aread()
+                        except (httpx.TransportError, httpx.DecodingError) as err:
+                            read_error = type(err).__name__
+                        data, error, retry_after = self._answered(
+                            method,
+                            path,
+                            cost,
+                            status,
+                            content,
+                            response.headers,
+                            secrets,
+                            need_body=need_body,
+                            resend_after_2xx=resend,
+                            exact_numbers=exact_numbers,
+                            read_error=read_error,
+                        )
+                    finally:
+                        with contextlib.suppress(httpx.HTTPError, OSError):
+                            await response.aclose()
                     if error is None:
                         return data
                 assert error is not None
@@ -591,7 +832,9 @@ class CoinStatsHook(BaseHook):
 
         The list is public and the same for every API key, so it is cached per base URL for the
         connection extra ``support_cache_ttl`` seconds (default 3600; 0 disables): a mapped run pays
-        one credit per worker machine and hour instead of one per task.
+        one credit per worker machine and hour instead of one per task. The disk copy lives in
+        ``COINSTATS_CACHE_DIR`` or ``<tempdir>/coinstats-provider-<uid>`` (0700, owned by this user);
+        any cache problem falls back to the network.
         """
         settings = self.settings
         ttl = settings.support_cache_ttl
@@ -627,7 +870,8 @@ class CoinStatsHook(BaseHook):
             body["name"] = name
         # POST /portfolio/exchange is idempotent on the CoinStats side: the same credentials answer
         # "existing" with the same portfolioId, so retrying after a timeout or 5xx is safe and cannot
-        # create a second portfolio.
+        # create a second portfolio. A 2xx whose body is cut off is not re-sent (it was paid): it raises
+        # CoinStatsTruncatedAnswerError, and a rerun reconnects.
         data = self.request("POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values()))
         secrets = (self.settings.api_key, *connection_fields.values())
         if not isinstance(data, dict):
@@ -737,49 +981,44 @@ class CoinStatsHook(BaseHook):
     # -- extract ---------------------------------------------------------------------------------
 
     def get_portfolio_value(self, portfolio_id: str, currency: str = "USD") -> dict[str, Any]:
-        """Return ``GET /portfolio/value`` (10 credits).
+        """Return ``GET /portfolio/value`` (10 credits), numbers decoded exactly (``Decimal``).
 
         :param portfolio_id: The portfolio.
         :param currency: Currency of the figures.
         """
-        data = self.request("GET", "/portfolio/value", params={"portfolioId": portfolio_id, "currency": currency})
+        params = {"portfolioId": portfolio_id, "currency": currency}
+        data = self.request("GET", "/portfolio/value", params=params, exact_numbers=True)
         if not isinstance(data, dict):
             raise CoinStatsResponseError("CoinStats GET /portfolio/value answered with a non-object body.")
         return data
 
     def _pages(
-        self, path: str, params: Mapping[str, Any], keys: tuple[str, ...], page_size: int, start_page: int
+        self, route: PagedRoute, params: Mapping[str, Any], page_size: int, start_page: int, max_pages: int
     ) -> Iterator[list[dict[str, Any]]]:
-        if not 1 <= page_size <= 100:
-            raise CoinStatsConfigError("page_size must be between 1 and 100.")
-        page = start_page
-        previous: str | None = None
-        while True:
-            items = _items(self.request("GET", path, params={**params, "page": page, "limit": page_size}), keys, path)
-            if not items:
-                return
-            fingerprint = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
-            if fingerprint == previous:
-                raise CoinStatsResponseError(
-                    f"CoinStats {path} returned the same page twice (page {page}); stopping so a "
-                    "pagination bug cannot burn credits."
-                )
-            previous = fingerprint
-            yield items
-            if len(items) < page_size:
-                return
-            page += 1
+        def fetch(page: int, limit: int) -> Any:
+            return self.request("GET", route.path, params={**params, "page": page, "limit": limit}, exact_numbers=True)
+
+        return iter_pages(fetch, route, page_size=page_size, start_page=start_page, max_pages=max_pages)
 
     def iter_portfolio_coins(
-        self, portfolio_id: str, *, page_size: int = DEFAULT_PAGE_SIZE, start_page: int = 1
+        self,
+        portfolio_id: str,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        start_page: int = 1,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Yield pages of ``GET /portfolio/coins`` (8 credits per page) until a short or empty page.
+        """Yield pages of ``GET /portfolio/coins`` (8 credits per page) until the end is proven.
+
+        Paging checks (server caps, repeated pages, a list that shifts): :mod:`coinstats_provider.paging`.
 
         :param portfolio_id: The portfolio.
         :param page_size: Items per page (``limit``), 1 to 100.
         :param start_page: First page to fetch (1-based).
+        :param max_pages: Most pages to read.
         """
-        return self._pages("/portfolio/coins", {"portfolioId": portfolio_id}, ("result", "data"), page_size, start_page)
+        params = {"portfolioId": portfolio_id}
+        return self._pages(paging.COINS, params, page_size, start_page, max_pages)
 
     def iter_portfolio_transactions(
         self,
@@ -788,16 +1027,21 @@ class CoinStatsHook(BaseHook):
         currency: str = "USD",
         page_size: int = DEFAULT_PAGE_SIZE,
         start_page: int = 1,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Yield pages of ``GET /portfolio/transactions`` (4 credits per page) until a short or empty page.
+        """Yield pages of ``GET /portfolio/transactions`` (4 credits per page) until the end is proven.
+
+        Raises :class:`~coinstats_provider.exceptions.CoinStatsListChangedError` when the list shifts
+        between page reads (see :mod:`coinstats_provider.paging`); restart the stream then.
 
         :param portfolio_id: The portfolio.
         :param currency: Required by CoinStats on this route.
         :param page_size: Items per page (``limit``), 1 to 100.
         :param start_page: First page to fetch (1-based).
+        :param max_pages: Most pages to read.
         """
         params = {"portfolioId": portfolio_id, "currency": currency or "USD"}
-        return self._pages("/portfolio/transactions", params, ("data", "result"), page_size, start_page)
+        return self._pages(paging.TRANSACTIONS, params, page_size, start_page, max_pages)
 
 
 def _transport_errors() -> tuple[type[Exception], ...]:
@@ -807,13 +1051,82 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
+def _body_errors() -> tuple[type[Exception], ...]:
+    """The errors that cut off reading a body after the status line arrived."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+class _NonStandardConstantError(ValueError):
+    """A JSON body used ``NaN``, ``Infinity`` or ``-Infinity``, which standard JSON does not allow."""
+
+    def __init__(self, constant: str) -> None:
+        super().__init__(f"non-standard JSON constant {constant}")
+        self.constant = constant
+
+
+def _reject_constant(constant: str) -> Any:
+    raise _NonStandardConstantError(constant)
+
+
+def _decode_json(content: bytes, *, exact_numbers: bool = False) -> Any:
+    """Decode a JSON body; with ``exact_numbers`` floats become :class:`decimal.Decimal` and NaN/Infinity fail.
+
+    :param content: The body.
+    :param exact_numbers: Keep every digit of amounts (``1e400`` stays a finite Decimal).
+    """
+    if exact_numbers:
+        return json.loads(content, parse_float=decimal.Decimal, parse_constant=_reject_constant)
+    return json.loads(content)
+
+
+def _unreadable_write_message(method: str, path: str, status: int, problem: str) -> str:
+    """Explain a paid write answered 2xx whose body could not be read, and what to do."""
+    if (method.upper(), path) == ("POST", "/portfolio/exchange"):
+        return (
+            f"CoinStats accepted the connect (POST /portfolio/exchange answered {status}) but its answer was "
+            f"cut off or unreadable ({problem}), so the portfolioId is unknown. The portfolio exists on "
+            "CoinStats; the hook does not send a paid write twice. The task's next try (or a rerun) "
+            "reconnects for 10 credits and CoinStats answers 'existing' with the same portfolioId."
+        )
+    return (
+        f"CoinStats accepted {method} {path} (answered {status}) but its answer was cut off or unreadable "
+        f"({problem}). The call was served and billed; it was not sent again automatically because it is a "
+        "paid write. Check its effect on CoinStats before rerunning the task."
+    )
+
+
+def _redirect_target(location: str | None, request_url: str) -> str:
+    """Return scheme, host and port of a redirect's ``Location`` (never its path or query).
+
+    :param location: The ``Location`` header, if any.
+    :param request_url: URL of the redirected request, to resolve a relative ``Location``.
+    """
+    if not location or not location.strip():
+        return "an address not given (no Location header)"
+    try:
+        parts = urlsplit(urljoin(request_url, location.strip()))
+        port = parts.port
+    except ValueError:
+        return "an unreadable Location"
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._:-]{1,253}", host, re.ASCII):
+        return "an unreadable Location"
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown_host}" + (f":{port}" if port else "")
+
+
 def _short(error: CoinStatsError) -> str:
     if isinstance(error, CoinStatsAPIError):
         return f"HTTP {error.http_status}"
     if isinstance(error, CoinStatsTransportError):
         return error.cause  # ReadTimeout, ConnectionError, ... (which one matters when reading a log)
     if isinstance(error, CoinStatsResponseError):
-        return "unreadable JSON body"
+        return error.cause  # unreadable JSON body, body cut off: ChunkedEncodingError, ...
     return type(error).__name__
 
 
@@ -838,29 +1151,108 @@ def _parse_support(data: Any) -> list[SupportedExchange]:
     return exchanges
 
 
+def _cache_root() -> Path:
+    """The exchange-support cache directory: ``COINSTATS_CACHE_DIR``, else a per-user temp directory."""
+    configured = os.environ.get("COINSTATS_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"coinstats-provider-{os.getuid()}"
+
+
 def _cache_file(base_url: str) -> Path:
-    root = Path(os.environ.get("COINSTATS_CACHE_DIR") or Path(tempfile.gettempdir()) / "coinstats-provider")
-    return root / f"exchange-support-{hashlib.sha256(base_url.encode()).hexdigest()[:16]}.json"
+    """The cache file of one base URL (its directory may not exist or be unusable).
+
+    :param base_url: API base URL the cached list belongs to.
+    """
+    return _cache_root() / f"exchange-support-{hashlib.sha256(base_url.encode()).hexdigest()[:16]}.json"
+
+
+def _usable_cache_dir() -> Path | None:
+    """Create (0700) and vet the cache directory; ``None`` (disk cache skipped) when it is not safe.
+
+    Safe means: a real directory (not a symlink), owned by the current user, not group- or
+    world-writable, so nobody else can plant or swap the cached list.
+    """
+    root = _cache_root()
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(root)
+    except OSError as err:
+        log.debug("Exchange-support disk cache skipped: cannot create %s (%s)", root, type(err).__name__)
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        log.debug("Exchange-support disk cache skipped: %s is not a directory (or is a symlink)", root)
+        return None
+    if info.st_uid != os.getuid():
+        log.debug("Exchange-support disk cache skipped: %s is owned by another user", root)
+        return None
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.debug("Exchange-support disk cache skipped: %s is group- or world-writable", root)
+        return None
+    return root
 
 
 def _read_support_cache(base_url: str, ttl: float, now: float) -> tuple[float, list[SupportedExchange]] | None:
-    path = _cache_file(base_url)
+    """Return the cached ``(fetched_at, exchanges)`` if fresh and trustworthy, else ``None``.
+
+    Never follows a symlink, rejects a ``fetched_at`` that is not finite or lies in the future (beyond
+    a small clock skew), and never raises: any cache problem falls back to the network.
+
+    :param base_url: API base URL the list belongs to.
+    :param ttl: Maximum age in seconds.
+    :param now: Current epoch seconds.
+    """
     try:
-        stored = json.loads(path.read_text())
+        root = _usable_cache_dir()
+        if root is None:
+            return None
+        path = root / _cache_file(base_url).name
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                log.debug("Exchange-support disk cache ignored: %s is not a regular file of this user", path)
+                return None
+            raw = handle.read(_CACHE_MAX_BYTES + 1)
+        if len(raw) > _CACHE_MAX_BYTES:
+            return None
+        stored = json.loads(raw)
         fetched_at = float(stored["fetched_at"])
+        if not math.isfinite(fetched_at) or fetched_at > now + _CACHE_CLOCK_SKEW:
+            log.debug("Exchange-support disk cache ignored: fetched_at is not a past time")
+            return None
         if now - fetched_at >= ttl:
             return None
         return fetched_at, _parse_support(stored["exchanges"])
-    except (OSError, ValueError, KeyError, TypeError, CoinStatsError):
+    except FileNotFoundError:
+        return None
+    except Exception as err:
+        log.debug("Exchange-support disk cache ignored (%s); fetching from CoinStats", type(err).__name__)
         return None
 
 
 def _write_support_cache(base_url: str, data: Any, now: float) -> None:
-    path = _cache_file(base_url)
+    """Store the list atomically (``mkstemp`` in the vetted directory, then ``os.replace``); never raises.
+
+    :param base_url: API base URL the list belongs to.
+    :param data: The decoded ``GET /exchange/support`` body.
+    :param now: Epoch seconds it was fetched at.
+    """
+    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"fetched_at": now, "exchanges": data}))
-        tmp.replace(path)
-    except OSError:
-        pass
+        root = _usable_cache_dir()
+        if root is None:
+            return
+        path = root / _cache_file(base_url).name
+        fd, tmp = tempfile.mkstemp(prefix=".exchange-support-", suffix=".tmp", dir=root)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"fetched_at": now, "exchanges": data}, handle)
+        # rename() replaces a symlink at ``path`` itself, never the file it points to.
+        os.replace(tmp, path)
+        tmp = None
+    except Exception as err:
+        log.debug("Exchange-support disk cache not written (%s)", type(err).__name__)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -12,12 +12,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coinstats_provider.exceptions import CoinStatsError
 from coinstats_provider.hooks import DEFAULT_PAGE_SIZE, CoinStatsHook
-from coinstats_provider.operators import fail_fast
-from coinstats_provider.transform import TransactionKeyer, coin_rows, transaction_rows, value_row
-from coinstats_provider.warehouse import CoinStatsWarehouse
+from coinstats_provider.operators import fail_fast, failing_fast, meter_across_tries
+from coinstats_provider.transform import InvalidItemError, TransactionKeyer, coin_rows, transaction_rows, value_row
+from coinstats_provider.warehouse import CoinStatsWarehouse, ReconcileResult
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import Logger
 
 DATASETS = ("value", "coins", "transactions")
 TABLES: dict[str, str] = {
@@ -28,8 +29,8 @@ TABLES: dict[str, str] = {
 PROGRESS_EVERY_PAGES = 10
 
 
-def snapshot_date(context: Context) -> dt.date:
-    """The date a run's snapshot belongs to: its data interval end, else its run time, else today (UTC).
+def run_date(context: Context) -> dt.date | None:
+    """The date a run is for: its data interval end, else its logical date, else its run-after time.
 
     :param context: Task context.
     """
@@ -41,7 +42,34 @@ def snapshot_date(context: Context) -> dt.date:
     run_after = getattr(dag_run, "run_after", None)
     if isinstance(run_after, dt.datetime):
         return run_after.date()
-    return dt.datetime.now(dt.UTC).date()
+    return None
+
+
+def snapshot_date(context: Context, log: Logger | None = None, *, now: dt.datetime | None = None) -> dt.date:
+    """The date a ``value``/``coins`` snapshot is stamped with: the UTC date its data is fetched.
+
+    CoinStats only serves a portfolio's current value and holdings, never past ones. Stamping them with
+    the run's data-interval date would let a cleared or late old run overwrite that day's snapshot with
+    today's numbers. So the snapshot carries the date the data was fetched: for the scheduled daily run
+    (started at midnight UTC) that is its data-interval end, as before; for an old run it is today, the
+    old day's snapshot is left as it was, and a warning says so. Skipping old runs instead would lose the
+    data of a failed run that is retried or cleared after midnight.
+
+    :param context: Task context.
+    :param log: Logger for the warning when the date differs from the run's date.
+    :param now: Current time (for tests); defaults to now in UTC.
+    """
+    fetched = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
+    scheduled = run_date(context)
+    if log is not None and scheduled is not None and scheduled != fetched:
+        log.warning(
+            "This run is for %s, but CoinStats only serves current data: the snapshot is recorded under %s, the "
+            "date it is fetched, and the snapshot of %s is left unchanged",
+            scheduled,
+            fetched,
+            scheduled,
+        )
+    return fetched
 
 
 class LoadPortfolioOperator(BaseOperator):
@@ -49,9 +77,13 @@ class LoadPortfolioOperator(BaseOperator):
 
     Pages flow from the hook's generators into the warehouse in batches, so memory does not grow with
     the number of rows. ``value`` and ``coins`` replace the portfolio's snapshot of the run's date;
-    ``transactions`` are upserted by a content-derived ``transaction_key``. Each load is one database
-    transaction, so a rerun (or a crash and rerun) leaves the table as after one run.
-    Returns ``{"portfolio_id", "dataset", "table", "rows", "pages", "credits_spent"}``.
+    ``transactions`` mirror CoinStats: after a complete stream the portfolio's rows are exactly the
+    transactions seen (keyed by CoinStats ids or identifying fields, see :mod:`coinstats_provider.transform`);
+    new ones are inserted, edited ones updated, vanished ones removed. Rows are staged while pages
+    arrive and merged in one short database transaction, so a rerun (or a crash and rerun) leaves the
+    table as after one run. An item that cannot be stored exactly fails the task without retries.
+    Returns ``{"portfolio_id", "dataset", "table", "rows", "pages", "credits_spent"}``, plus
+    ``"inserted", "updated", "removed"`` for ``transactions``.
 
     :param portfolio_id: The portfolio.
     :param dataset: ``value``, ``coins`` or ``transactions``.
@@ -60,7 +92,8 @@ class LoadPortfolioOperator(BaseOperator):
     :param warehouse_conn_id: SQL connection (SQLite or PostgreSQL) of the warehouse.
     :param currency: Currency of values and transactions.
     :param page_size: Items per CoinStats page (1 to 100).
-    :param credit_budget: Credits this task may spend; ``None`` for no limit.
+    :param credit_budget: Credits this task instance may spend over all its tries (what earlier tries spent
+        is kept in the task state store); ``None`` for no limit.
     :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
     """
 
@@ -122,14 +155,24 @@ class LoadPortfolioOperator(BaseOperator):
             raise AirflowFailException(f"Unknown dataset '{self.dataset}'; choose from {', '.join(DATASETS)}.")
         if not self._selected():
             raise AirflowSkipException(f"Dataset '{self.dataset}' is not selected for this run.")
-        day = snapshot_date(context)
+        with failing_fast(f"Loading {self.dataset} of portfolio {self.portfolio_id}"):
+            # Reads the connection; this try may only spend what earlier tries left of the budget.
+            meter_across_tries(self.hook.credits, context)
+        day = snapshot_date(context, self.log)
         warehouse = CoinStatsWarehouse(self.warehouse_conn_id)
         warehouse.ensure_schema()
         self._pages = 0
+        self._reconciled: ReconcileResult | None = None
         try:
             rows = self._load(warehouse, day)
         except CoinStatsError as err:
             raise fail_fast(err, f"Loading {self.dataset} of portfolio {self.portfolio_id}") from err
+        except InvalidItemError as err:
+            raise AirflowFailException(
+                f"Loading {self.dataset} of portfolio {self.portfolio_id} failed and retrying cannot help: {err}. "
+                "CoinStats returned a value that cannot be stored exactly; nothing was written. Correct or remove "
+                "that item in CoinStats (or report the API response), then rerun."
+            ) from None
         finally:
             if "hook" in self.__dict__ and "settings" in self.hook.__dict__:
                 spent = self.hook.credits.spent
@@ -139,7 +182,7 @@ class LoadPortfolioOperator(BaseOperator):
         self.log.info(
             "Loaded %d %s rows of portfolio %s into %s (snapshot %s)", rows, self.dataset, self.portfolio_id, table, day
         )
-        return {
+        result: dict[str, Any] = {
             "portfolio_id": self.portfolio_id,
             "dataset": self.dataset,
             "table": table,
@@ -147,6 +190,18 @@ class LoadPortfolioOperator(BaseOperator):
             "pages": self._pages,
             "credits_spent": self.hook.credits.spent,
         }
+        if self._reconciled is not None:
+            changes = self._reconciled
+            result.update(inserted=changes.inserted, updated=changes.updated, removed=changes.removed)
+            self.log.info(
+                "Transactions of portfolio %s now mirror CoinStats: %d inserted, %d updated, %d removed, %d unchanged",
+                self.portfolio_id,
+                changes.inserted,
+                changes.updated,
+                changes.removed,
+                changes.unchanged,
+            )
+        return result
 
     def _load(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
         pid = self.portfolio_id
@@ -160,7 +215,8 @@ class LoadPortfolioOperator(BaseOperator):
             return warehouse.replace_snapshot("coinstats_portfolio_coins", pid, day, coin_rows(pid, day, items))
         pages = self.hook.iter_portfolio_transactions(pid, currency=self.currency, page_size=self.page_size)
         rows = transaction_rows(pid, self._items(pages), TransactionKeyer())
-        return warehouse.upsert_transactions(pid, rows)
+        self._reconciled = warehouse.reconcile_transactions(pid, rows)
+        return self._reconciled.total
 
     def _items(self, pages: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         """Flatten pages lazily, logging progress every few pages."""

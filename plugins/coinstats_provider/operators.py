@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from coinstats_provider.credits import CreditMeter
 from coinstats_provider.exceptions import CoinStatsError, is_retryable
 from coinstats_provider.exchange_hook import CoinStatsExchangeHook
 from coinstats_provider.hooks import CoinStatsHook
@@ -21,6 +22,51 @@ if TYPE_CHECKING:
 
 #: Shows the exchange connection id instead of 0, 1, 2 for mapped connect tasks.
 MAP_INDEX_TEMPLATE = "{{ task.exchange_conn_id }}"
+#: Task state store key: credits a task instance spent over all its tries (an int). Used by the connect
+#: and load operators; the sync operator keeps its figure in its own state (``coinstats_sync``).
+CREDITS_STATE_KEY = "coinstats_credits_spent"
+
+
+def credits_spent_before(context: Context, key: str = CREDITS_STATE_KEY) -> int:
+    """Credits earlier tries of this task instance spent, from Airflow's task state store.
+
+    The store keeps its keys across the tries of one task instance, so a retry only gets what is left
+    of the task's budget. No store (an older Airflow, a test context) or an unreadable value counts 0.
+
+    :param context: Task context.
+    :param key: Task state store key holding the figure.
+    """
+    store = context.get("task_state_store")
+    value: Any = store.get(key) if store is not None else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)
+
+
+def save_credits_spent(context: Context, spent: int, key: str = CREDITS_STATE_KEY) -> None:
+    """Store what this task instance has spent over all its tries (no-op without a task state store).
+
+    :param context: Task context.
+    :param spent: Credits spent by every try so far.
+    :param key: Task state store key.
+    """
+    store = context.get("task_state_store")
+    if store is not None:
+        store.set(key, spent)
+
+
+def meter_across_tries(meter: CreditMeter, context: Context) -> CreditMeter:
+    """Charge ``meter`` with what earlier tries spent and persist its total after every paid request.
+
+    Afterwards ``meter.spent`` is the task instance's total over all tries, and a try can only spend
+    what is left of the budget.
+
+    :param meter: The hook's credit meter (``hook.credits``).
+    :param context: Task context holding ``task_state_store``.
+    :raises CoinStatsCreditBudgetExceeded: Earlier tries used up the budget (non-retryable).
+    """
+    meter.carry_over(credits_spent_before(context), lambda spent: save_credits_spent(context, spent))
+    return meter
 
 
 @contextmanager
@@ -55,7 +101,9 @@ class ConnectExchangePortfolioOperator(BaseOperator):
     Idempotent: ``connected`` (new portfolio) and ``existing`` (same portfolioId as before) are both
     success. The exchange fields are validated against ``GET /exchange/support`` before the 10-credit
     connect call is spent. Pushes ``portfolio_url`` (for the "CoinStats portfolio" link), ``connection_id``,
-    ``status`` and ``credits_spent`` as extra XComs.
+    ``status`` and ``credits_spent`` as extra XComs; ``credits_spent`` covers every try of the task
+    instance, and a retry only spends what earlier tries left of the budget (kept in the task state store
+    under :data:`CREDITS_STATE_KEY`).
 
     :param exchange_conn_id: ``coinstats_exchange`` connection holding the exchange credentials.
     :param coinstats_conn_id: ``coinstats`` connection holding the CoinStats API key.
@@ -107,6 +155,8 @@ class ConnectExchangePortfolioOperator(BaseOperator):
         """Validate the account, connect it, push XComs and return the portfolioId."""
         ti = context["ti"]
         try:
+            # Reads the CoinStats connection; the budget left is what earlier tries did not spend.
+            meter_across_tries(self.hook.credits, context)
             account = CoinStatsExchangeHook(self.exchange_conn_id).get_account(
                 connection_id=self.connection_id or None, portfolio_name=self.portfolio_name or None
             )
@@ -117,8 +167,12 @@ class ConnectExchangePortfolioOperator(BaseOperator):
         except CoinStatsError as err:
             raise fail_fast(err, f"Connecting exchange connection '{self.exchange_conn_id}'") from err
         finally:
-            if "hook" in self.__dict__ and "settings" in self.hook.__dict__:
-                self.log.info("CoinStats credits spent by this task: %d", self.hook.credits.spent)
+            if "hook" in self.__dict__ and "credits" in self.hook.__dict__:
+                save_credits_spent(context, self.hook.credits.spent)
+                meter = self.hook.credits
+                self.log.info(
+                    "CoinStats credits spent by this task: %d (%d by earlier tries)", meter.spent, meter.earlier
+                )
         if result.status is ConnectStatus.CONNECTED:
             self.log.info(
                 "Connected '%s' (%s) as new CoinStats portfolio %s",

@@ -235,6 +235,9 @@ def portfolio_work(
 def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
     """Per portfolio: connect status, rows written per table and credits; plus the run's totals.
 
+    A portfolio whose transactions load reported its changes also gets
+    ``"transactions": {"inserted", "updated", "removed"}``.
+
     :param accounts: Output of :func:`register_portfolios`.
     :param syncs: Return values of the sync tasks (``None`` for skipped ones), as delivered by Airflow:
         a list, nested lists, or a single mapping when only one task instance ran.
@@ -262,6 +265,8 @@ def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
         entry["credits_spent"] += int(result.get("credits_spent") or 0)
         if "table" in result:
             entry["rows"][result["table"]] = int(result.get("rows") or 0)
+        if any(k in result for k in _TRANSACTION_CHANGES):
+            entry["transactions"] = {k: int(result.get(k) or 0) for k in _TRANSACTION_CHANGES}
     rows_total: dict[str, int] = {}
     for entry in portfolios.values():
         for table, count in entry["rows"].items():
@@ -271,6 +276,10 @@ def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
         "rows": rows_total,
         "total_credits": sum(e["credits_spent"] for e in portfolios.values()),
     }
+
+
+#: Keys of a transactions load result that say how the mirrored table changed.
+_TRANSACTION_CHANGES = ("inserted", "updated", "removed")
 
 
 def _records(values: Any) -> list[Mapping[str, Any]]:
@@ -301,5 +310,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"{rows.get('coinstats_portfolio_transactions', 0):>7} {entry['credits_spent']:>8}  "
             f"{', '.join(entry['exchange_conn_ids'])}"
         )
+    for entry in summary["portfolios"]:
+        changes = entry.get("transactions")
+        if changes:
+            lines.append(
+                f"{entry['portfolio_id']:<26} transactions: {changes['inserted']} inserted, "
+                f"{changes['updated']} updated, {changes['removed']} removed"
+            )
     lines.append(f"total credits spent: {summary['total_credits']}")
     return "\n".join(lines)

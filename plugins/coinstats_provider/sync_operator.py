@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from collections.abc import Sequence
@@ -11,19 +12,23 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from coinstats_provider.credits import credit_cost
+from coinstats_provider.credits import POLL_COST, SYNC_COST, CreditMeter
 from coinstats_provider.exceptions import CoinStatsError, CoinStatsSyncTimeout
 from coinstats_provider.hooks import CoinStatsHook
 from coinstats_provider.models import SyncStatus
 from coinstats_provider.operators import fail_fast
-from coinstats_provider.triggers import EVENT_STATUSES, POLL_COST, PortfolioSyncTrigger
+from coinstats_provider.triggers import EVENT_STATUSES, PortfolioSyncTrigger, polls_possible
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-SYNC_COST = credit_cost("PATCH", "/portfolio/sync", {"portfolioId": "x"})
-#: Task state store key: the sync this task instance started (portfolio_id, deadline, credits so far).
+__all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "as_bool", "defer_timeout"]
+
+#: Task state store key: the sync this task instance started (``portfolio_id``, ``deadline``), the credits
+#: all its tries spent (``credits``) and, while deferred, the wait in the triggerer (``wait``).
 STATE_KEY = "coinstats_sync"
+#: Least time Airflow waits for the trigger beyond the sync deadline before it fails the deferred task.
+DEFER_MARGIN = 300.0
 
 
 def as_bool(value: Any) -> bool:
@@ -34,6 +39,20 @@ def as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def defer_timeout(end_time: float, now: float) -> dt.timedelta:
+    """How long Airflow lets the task stay deferred: the time left to the sync deadline plus a margin.
+
+    The trigger reports the deadline itself; this timeout only fires when no triggerer runs the trigger,
+    so the task fails instead of waiting forever (and, with ``max_active_runs=1``, blocking later runs).
+    The margin is 5 minutes or 10 % of the time left, whichever is larger.
+
+    :param end_time: Epoch seconds of the sync deadline.
+    :param now: Epoch seconds now.
+    """
+    left = max(0.0, end_time - now)
+    return dt.timedelta(seconds=left + max(DEFER_MARGIN, 0.1 * left))
 
 
 class SyncPortfolioOperator(BaseOperator):
@@ -47,6 +66,14 @@ class SyncPortfolioOperator(BaseOperator):
     A retry does not start a second sync while the first one is within its deadline: the sync started
     is kept in Airflow's task state store, and the retry waits for it (same deadline) instead of paying
     30 credits again.
+
+    ``credit_budget`` covers all tries of the task instance: the credits spent so far are kept in the same
+    state (``credits``, saved after every paid call) and a try only spends what is left; a try that finds
+    nothing left fails without retrying. The trigger's poll allowance is derived from the credits left at
+    defer time. While deferred the state also holds the wait (``wait``: start, interval, deadline, allowance),
+    so a try that follows a wait which never resumed (deferral timeout, lost worker) counts the polls that
+    wait may have made. The deferral has a timeout (the time left to the deadline plus a margin), so the
+    task fails instead of waiting forever when no triggerer runs.
 
     :param portfolio_id: The portfolio to sync (always sent: without it CoinStats syncs all at 10x).
     :param coinstats_conn_id: CoinStats connection.
@@ -110,15 +137,29 @@ class SyncPortfolioOperator(BaseOperator):
             )
         return timeout, interval
 
-    def _max_polls(self) -> int | None:
-        budget = self._budget()
-        return None if budget is None else max(0, (budget - SYNC_COST) // POLL_COST)
-
     def execute(self, context: Context) -> dict[str, Any]:
-        """Start the sync (or take over the one an earlier try started), then defer (or poll) until ``synced``."""
+        """Start the sync (or take over the one an earlier try started), then defer (or poll) until ``synced``.
+
+        Credits are counted over all tries of the task instance: this try only spends what earlier tries
+        left of ``credit_budget``, and fails fast when nothing is left.
+        """
         timeout, interval = self._numbers()
-        state = self._load_state(context)
-        if state is not None and time.time() < state["deadline"]:
+        state = self._read_state(context) or {"portfolio_id": None, "deadline": None, "credits": 0}
+        if "wait" in state:
+            # An earlier try deferred and never resumed (deferral timeout, lost worker): count the polls
+            # its trigger may have made, then forget that wait.
+            polls = self._unfinished_wait_polls(state.pop("wait"))
+            state["credits"] += polls * POLL_COST
+            self.log.warning(
+                "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; counting the "
+                "%d status polls (%d credits) that trigger may have made",
+                self.portfolio_id,
+                polls,
+                polls * POLL_COST,
+            )
+            self._save_state(context, state)
+        reuse = state["portfolio_id"] == self.portfolio_id and time.time() < (state["deadline"] or 0.0)
+        if reuse:
             self.log.info(
                 "Portfolio %s: an earlier try of this task started a sync that is still within its deadline; "
                 "waiting for that sync instead of paying %d credits for another",
@@ -126,51 +167,70 @@ class SyncPortfolioOperator(BaseOperator):
                 SYNC_COST,
             )
         else:
-            try:
-                spent_before = self.hook.credits.spent  # reads the connection: its errors are reported below too
+            state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout, "credits": state["credits"]}
+        step = f"{'Waiting for' if reuse else 'Starting'} the sync of portfolio {self.portfolio_id}"
+        try:
+            meter = self.hook.credits  # reads the connection: its errors are reported below too
+            # Saved after every paid call, so even a killed worker leaves the figure for the next try.
+            meter.carry_over(
+                state["credits"],
+                lambda spent: self._save_state(context, {**state, "credits": spent}),
+                state_key=STATE_KEY,
+            )
+            if not reuse:
+                spent_before = meter.spent
                 self.hook.trigger_portfolio_sync(self.portfolio_id)
-            except CoinStatsError as err:
-                raise fail_fast(err, f"Starting the sync of portfolio {self.portfolio_id}") from err
-            cost = self.hook.credits.spent - spent_before  # as metered: a retried, charged answer counts twice
-            self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
-            earlier = state["credits"] if state is not None else 0
-            state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout}
-            state["credits"] = earlier + cost
-            self._save_state(context, state)
-        context["ti"].xcom_push(key="credits_spent", value=state["credits"])
-        end_time = state["deadline"]
+                cost = meter.spent - spent_before  # as metered: a retried, charged answer counts twice
+                self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
+        except CoinStatsError as err:
+            raise fail_fast(err, step) from err
+        state = {**state, "credits": meter.spent}
+        self._save_state(context, state)
+        context["ti"].xcom_push(key="credits_spent", value=meter.spent)
+        end_time = float(state["deadline"])
         if as_bool(self.deferrable):
+            now = time.time()
+            remaining = meter.remaining
+            max_polls = None if remaining is None else max(0, remaining // POLL_COST)
+            wait = {"started_at": now, "poll_interval": interval, "end_time": end_time, "max_polls": max_polls}
+            self._save_state(context, {**state, "wait": wait})
             self.defer(
                 trigger=PortfolioSyncTrigger(
                     portfolio_id=self.portfolio_id,
                     coinstats_conn_id=self.coinstats_conn_id,
                     end_time=end_time,
                     poll_interval=interval,
-                    max_polls=self._max_polls(),
+                    max_polls=max_polls,
                     hook_params=self.hook_params,
+                    started_at=now,
                 ),
                 method_name="execute_complete",
-                # The trigger enforces its own deadline so execute_complete always runs and reports it.
-                timeout=None,
+                # The trigger reports the deadline itself; this only fires when no triggerer runs it.
+                timeout=defer_timeout(end_time, now),
             )
-        return self._poll_on_worker(context, end_time, interval)
+        return self._poll_on_worker(context, state, meter, end_time, interval)
 
-    def _load_state(self, context: Context) -> dict[str, Any] | None:
-        """The sync an earlier try of this task instance started, from Airflow's task state store.
+    def _read_state(self, context: Context) -> dict[str, Any] | None:
+        """This task instance's sync state from Airflow's task state store, or ``None`` without one.
 
         The store keeps its keys across the tries of one task instance in one DAG run, so a retry (after a
         worker crash, a failed poll, or Airflow's stale-executor-event race on resumed deferred tasks)
-        waits for the sync already running instead of paying for another one.
+        waits for the sync already running instead of paying for another one, and spends only what earlier
+        tries left of the budget. Unreadable fields are dropped; unreadable credits count 0.
         """
         store = context.get("task_state_store")
-        state: Any = store.get(STATE_KEY) if store is not None else None
-        if not isinstance(state, dict) or state.get("portfolio_id") != self.portfolio_id:
+        raw: Any = store.get(STATE_KEY) if store is not None else None
+        if not isinstance(raw, dict):
             return None
-        try:
-            deadline, credits = float(state["deadline"]), int(state["credits"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        return {"portfolio_id": self.portfolio_id, "deadline": deadline, "credits": credits}
+        state: dict[str, Any] = {"portfolio_id": None, "deadline": None, "credits": _number(raw.get("credits"), int)}
+        if isinstance(raw.get("portfolio_id"), str):
+            state["portfolio_id"] = raw["portfolio_id"]
+        deadline = _number(raw.get("deadline"), float)
+        if deadline:
+            state["deadline"] = deadline
+        if isinstance(raw.get("wait"), dict):
+            state["wait"] = raw["wait"]
+        return state
 
     @staticmethod
     def _save_state(context: Context, state: dict[str, Any]) -> None:
@@ -178,20 +238,33 @@ class SyncPortfolioOperator(BaseOperator):
         if store is not None:
             store.set(STATE_KEY, state)
 
-    def _poll_on_worker(self, context: Context, end_time: float, interval: float) -> dict[str, Any]:
+    def _unfinished_wait_polls(self, wait: dict[str, Any]) -> int:
+        """The most polls the trigger of a wait that never resumed can have made (:func:`polls_possible`)."""
+        started_at, interval = _number(wait.get("started_at"), float), _number(wait.get("poll_interval"), float)
+        end_time, max_polls = _number(wait.get("end_time"), float), wait.get("max_polls")
+        if not (started_at and interval > 0 and end_time):
+            return 0
+        polls = polls_possible(started_at, interval, end_time, time.time())
+        return min(polls, max_polls) if isinstance(max_polls, int) and max_polls >= 0 else polls
+
+    def _poll_on_worker(
+        self, context: Context, state: dict[str, Any], meter: CreditMeter, end_time: float, interval: float
+    ) -> dict[str, Any]:
+        before = meter.spent
+        remaining = meter.remaining
+        max_polls = None if remaining is None else max(0, remaining // POLL_COST)
         polls = 0
-        max_polls = self._max_polls()
         try:
             while True:
                 time.sleep(min(interval, max(0.0, end_time - time.time())))
                 if max_polls is not None and polls >= max_polls:
-                    return self.execute_complete(context, {"status": "budget", "polls": polls, "message": ""})
+                    return self._finish(context, {"status": "budget", "polls": polls, "message": ""}, state, before)
                 status = self.hook.get_portfolio_sync_status(self.portfolio_id)
-                polls = self.hook.credits.calls["GET /portfolio/status"]  # charged answers, retries included
+                polls = meter.calls["GET /portfolio/status"]  # charged answers, retries included
                 if status is SyncStatus.SYNCED:
-                    return self.execute_complete(context, {"status": "success", "polls": polls, "message": ""})
+                    return self._finish(context, {"status": "success", "polls": polls, "message": ""}, state, before)
                 if time.time() >= end_time:
-                    return self.execute_complete(context, {"status": "timeout", "polls": polls, "message": ""})
+                    return self._finish(context, {"status": "timeout", "polls": polls, "message": ""}, state, before)
         except CoinStatsError as err:
             raise fail_fast(err, f"Waiting for the sync of portfolio {self.portfolio_id}") from err
 
@@ -204,12 +277,20 @@ class SyncPortfolioOperator(BaseOperator):
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             # A malformed event is a bug, not a passing fault: retrying would only pay for another sync.
             raise AirflowFailException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")
-        polls = int(event.get("polls") or 0)
-        state = self._load_state(context)
+        state = self._read_state(context)
         before = state["credits"] if state is not None else SYNC_COST
+        return self._finish(context, event, state, before)
+
+    def _finish(
+        self, context: Context, event: dict[str, Any], state: dict[str, Any] | None, before: int
+    ) -> dict[str, Any]:
+        """Count the wait's polls into the credits of all tries, push them, and return or fail."""
+        polls = int(event.get("polls") or 0)
         spent = before + polls * POLL_COST
         if state is not None:
-            self._save_state(context, {**state, "credits": spent})
+            # The wait is over: its polls are in the total now, so a later try does not estimate them again.
+            done = {key: value for key, value in state.items() if key != "wait"}
+            self._save_state(context, {**done, "credits": spent})
         context["ti"].xcom_push(key="credits_spent", value=spent)
         self.log.info(
             "CoinStats credits spent by this task: %d (%d before this wait + %d status polls)", spent, before, polls
@@ -243,3 +324,10 @@ class SyncPortfolioOperator(BaseOperator):
         self.log.info(
             "Task killed while portfolio %s was syncing; CoinStats finishes that sync on its own.", self.portfolio_id
         )
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """``value`` as a non-negative ``int``/``float`` read from the task state store, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return kind(0)
+    return kind(value)

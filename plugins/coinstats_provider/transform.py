@@ -1,24 +1,60 @@
 """Pure transformations from CoinStats API payloads to warehouse rows.
 
 Nothing here performs I/O. Rows are plain dicts whose keys are the column names of the
-warehouse tables (see :mod:`coinstats_provider.warehouse`): numbers are ``float`` or ``None``,
-dates are ISO strings and booleans are ``0``/``1``. The ``loaded_at`` column is not set here; the
-warehouse stamps it when the rows are written.
+warehouse tables (see :mod:`coinstats_provider.warehouse`). The ``loaded_at`` column is not set
+here; the warehouse stamps it when the rows are written.
+
+**Numbers** are exact: every money, amount, price and percent column is a :class:`~decimal.Decimal`
+(or ``None``), built from the API value without passing through ``float``. The extraction decodes
+JSON with ``parse_float=Decimal``, so ``0.123456789012345678`` keeps all 18 decimals; ``int`` values
+and numeric strings (``"500.25"``) are accepted too, and a plain ``float`` is taken at its shortest
+repr. A value that is not a finite number (``"NaN"``, ``"Infinity"``, ``Decimal("NaN")``, a float
+``inf`` such as ``1e400`` decoded as float, ``"lots"``), a boolean where a number is expected, or a
+number beyond 1000 integer or 1000 fractional digits raises :class:`InvalidItemError`.
+
+**Text** is sanitised instead of rejected: NUL characters are removed and lone UTF-16 surrogates
+(which no database can store as UTF-8) become U+FFFD, in every text column and inside
+``payload_json``. Dates are ISO strings and booleans are ``0``/``1``.
+
+**Transaction keys.** CoinStats transactions carry no id of their own on
+``GET /portfolio/transactions``. ``transaction_key`` is ``<sha256 hex>-<ordinal>``, where the hash
+covers the portfolio id and the transaction's *identity*, the first of:
+
+1. ``hash.id`` when present (the exchange / blockchain transaction id);
+2. else the sorted ids of ``transfers[].items[].id`` and ``transactions[].items[].id`` when any
+   item carries one;
+3. else a content hash over this whitelist of identifying fields only: the type
+   (``transactionType``, or ``type``), ``date``, ``coinData.identifier``, ``coinData.count``, the fee's
+   coin identifier and ``fee.count``, and for each transfer (``transfers[]`` or ``transactions[]``) its
+   ``transferType``/``action`` and, per item, the coin identifier, ``count``, ``fromAddress`` and
+   ``toAddress``. Numbers are compared by value (``1.10`` equals ``1.1``).
+
+Everything else, in particular ``note``, labels, ``portfolioInfo``, ``profitLoss``,
+``coinData.currentValue`` and every currency-dependent value (``totalWorth``, ``price``), is left out,
+so editing a note in CoinStats or a price move updates the row in place under the same key. The
+ordinal counts earlier transactions with the same identity in the stream (multiset semantics): two
+genuinely identical transactions are both kept, as ``-0`` and ``-1``; a rerun reproduces the keys.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
+from decimal import Decimal, InvalidOperation, localcontext
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 __all__ = [
+    "InvalidItemError",
     "TransactionKeyer",
     "canonical_json",
+    "clean_text",
     "coin_rows",
+    "exact_number",
     "transaction_identity",
     "transaction_rows",
     "value_row",
@@ -37,43 +73,178 @@ _VALUE_FIELDS: tuple[tuple[str, str], ...] = (
     ("allTimeProfitLossPercent", "all_time_profit_loss_percent"),
 )
 
-#: Transaction fields that reflect today's market price rather than the transaction itself.
-_VOLATILE_TOP_LEVEL: frozenset[str] = frozenset({"profitLoss", "portfolioInfo"})
+#: Largest accepted number of integer digits and of fractional digits (PostgreSQL NUMERIC holds
+#: far more; this only stops absurd values such as ``1e999999`` from becoming megabyte strings).
+MAX_DIGITS = 1000
+
+_NUMERIC_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
-def canonical_json(value: Any) -> str:
-    """Serialise ``value`` deterministically (sorted keys, no whitespace).
+class InvalidItemError(ValueError):
+    """An API item holds a value that cannot be stored exactly; retrying cannot fix it.
 
-    :param value: A JSON-compatible value.
-    :return: The canonical JSON text.
-    :raises ValueError: If ``value`` is not JSON-serialisable.
+    The message names the dataset, the item's position in the stream and the field, never the
+    value or any other content of the item.
+
+    :param dataset: ``portfolio value``, ``portfolio coins`` or ``portfolio transactions``.
+    :param index: The item's 0-based position in the stream; ``None`` for a single response.
+    :param field: Dotted path of the offending field.
+    :param reason: What is wrong with it.
     """
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"value is not JSON-serialisable: {type(exc).__name__}") from None
+
+    def __init__(self, dataset: str, index: int | None, field: str, reason: str) -> None:
+        self.dataset = dataset
+        self.index = index
+        self.field = field
+        self.reason = reason
+        where = f"{dataset} item #{index}" if index is not None else f"{dataset} response"
+        super().__init__(f"{where}: field {field!r} {reason}")
 
 
-def _num(value: Any, field: str) -> float | None:
-    """Coerce an API number (or numeric string) to ``float``; ``None`` stays ``None``."""
+class _FieldError(ValueError):
+    """A field-level problem, turned into :class:`InvalidItemError` once the item position is known."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field {field!r} {reason}")
+
+
+def clean_text(value: str) -> str:
+    """Remove NUL characters and replace lone surrogates with U+FFFD.
+
+    :param value: Any string.
+    :return: A string every UTF-8 database accepts.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if not value.isascii():
+        value = _SURROGATES.sub("\ufffd", value)
+    return value
+
+
+def exact_number(value: Any, field: str) -> Decimal | None:
+    """Convert an API number to an exact :class:`~decimal.Decimal`; ``None`` stays ``None``.
+
+    :param value: ``Decimal``, ``int``, ``float`` or a numeric string.
+    :param field: Field path, for the error message.
+    :return: The value, digit for digit.
+    :raises ValueError: If ``value`` is a boolean, not numeric, not finite or out of range; the
+        message names ``field`` only.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        raise _FieldError(field, "is a boolean, expected a number")
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _FieldError(field, "is not a finite number")
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _NUMERIC_TEXT.fullmatch(text):
+            raise _FieldError(field, "is not a number")
         try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError(f"field {field!r} is not a number (got {type(value).__name__})")
+            number = Decimal(text)
+        except InvalidOperation:
+            raise _FieldError(field, "is not a number") from None
+    else:
+        raise _FieldError(field, f"is not a number (got {type(value).__name__})")
+    if not number.is_finite():
+        raise _FieldError(field, "is not a finite number")
+    exponent = number.as_tuple().exponent
+    if number.adjusted() >= MAX_DIGITS or (isinstance(exponent, int) and exponent < -MAX_DIGITS):
+        raise _FieldError(field, f"is out of range (more than {MAX_DIGITS} integer or fractional digits)")
+    return number
+
+
+def _product(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    """``a * b`` without rounding."""
+    if a is None or b is None:
+        return None
+    with localcontext() as ctx:
+        ctx.prec = len(a.as_tuple().digits) + len(b.as_tuple().digits) + 2
+        return a * b
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise ``value`` deterministically: sorted keys, no whitespace, ASCII, exact numbers.
+
+    ``Decimal`` values are written as their own text, so no digit is lost; strings are passed
+    through :func:`clean_text`.
+
+    :param value: A JSON-compatible value (``Decimal`` allowed).
+    :return: The canonical JSON text.
+    :raises ValueError: If ``value`` holds something that is not JSON (a set, a non-string key, a
+        non-finite number); the message names the path of the offending value, never its content.
+    """
+    out: list[str] = []
+    _encode(value, out, "")
+    return "".join(out)
+
+
+def _path_key(path: str, key: str) -> str:
+    part = key if _PLAIN_KEY.fullmatch(key) else "?"
+    return f"{path}.{part}" if path else part
+
+
+def _encode(value: Any, out: list[str], path: str) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(encode_basestring_ascii(clean_text(value)))
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _FieldError(path or "value", "is not a finite number")
+        out.append(float.__repr__(value))
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise _FieldError(path or "value", "is not a finite number")
+        out.append(str(value))
+    elif isinstance(value, Mapping):
+        items: list[tuple[str, Any, str]] = []
+        for key, sub in value.items():
+            if not isinstance(key, str):
+                raise _FieldError(path or "value", f"has a {type(key).__name__} key; JSON keys are strings")
+            items.append((clean_text(key), sub, key))
+        items.sort(key=lambda entry: entry[0])
+        out.append("{")
+        for position, (key, sub, raw) in enumerate(items):
+            if position:
+                out.append(",")
+            out.append(encode_basestring_ascii(key))
+            out.append(":")
+            _encode(sub, out, _path_key(path, raw))
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for position, sub in enumerate(value):
+            if position:
+                out.append(",")
+            _encode(sub, out, f"{path}[{position}]")
+        out.append("]")
+    else:
+        raise _FieldError(path or "value", f"is not JSON-serialisable (got {type(value).__name__})")
 
 
 def _text(value: Any, field: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise ValueError(f"field {field!r} is not a string (got {type(value).__name__})")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return clean_text(value)
+    raise _FieldError(field, f"is not a string (got {type(value).__name__})")
 
 
 def _flag(value: Any) -> int | None:
@@ -96,43 +267,51 @@ def value_row(portfolio_id: str, snapshot_date: date, currency: str, value: Mapp
     :param snapshot_date: The day the snapshot represents.
     :param currency: The currency the values are expressed in (the request's ``currency``).
     :param value: The response body (``PortfolioValueResponseDto``); missing fields become ``None``.
-    :return: The row.
-    :raises ValueError: If ``value`` is not a mapping or a field is not numeric.
+    :return: The row; numbers are ``Decimal``.
+    :raises InvalidItemError: If ``value`` is not a mapping or a field is not a finite number.
     """
+    dataset = "portfolio value"
     if not isinstance(value, Mapping):
-        raise ValueError(f"portfolio value response is not an object (got {type(value).__name__})")
+        raise InvalidItemError(dataset, None, "response", f"is not an object (got {type(value).__name__})")
     row: dict[str, Any] = {
         "portfolio_id": portfolio_id,
         "snapshot_date": snapshot_date.isoformat(),
         "currency": currency,
     }
-    for field, column in _VALUE_FIELDS:
-        row[column] = _num(value.get(field), field)
+    try:
+        for field, column in _VALUE_FIELDS:
+            row[column] = exact_number(value.get(field), field)
+    except _FieldError as exc:
+        raise InvalidItemError(dataset, None, exc.field, exc.reason) from None
     return row
 
 
 def coin_rows(portfolio_id: str, snapshot_date: date, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """Lazily build ``coinstats_portfolio_coins`` rows from ``GET /portfolio/coins`` items.
 
+    ``value_usd`` is ``amount * price_usd``, computed exactly.
+
     :param portfolio_id: The CoinStats portfolio id.
     :param snapshot_date: The day the snapshot represents.
     :param items: ``PortfolioItemDto`` objects, possibly spanning several pages.
     :return: An iterator of rows, one per item.
-    :raises ValueError: On a malformed item (no ``coin.identifier``) or a coin seen twice; the
-        message names the item's position, never its content.
+    :raises InvalidItemError: On a malformed item (no ``coin.identifier``, a bad number) or a coin
+        seen twice; the message names the item's position and field, never its content.
     """
+    dataset = "portfolio coins"
     day = snapshot_date.isoformat()
     seen: set[str] = set()
     for index, item in enumerate(items):
         coin_id = _get(item, "coin", "identifier")
         if not isinstance(coin_id, str) or not coin_id:
-            raise ValueError(f"portfolio coin item #{index} has no coin.identifier")
+            raise InvalidItemError(dataset, index, "coin.identifier", "is missing")
+        coin_id = clean_text(coin_id)
         if coin_id in seen:
-            raise ValueError(f"portfolio coin item #{index} repeats coin {coin_id!r} in the same snapshot")
+            raise InvalidItemError(dataset, index, "coin.identifier", "repeats a coin already in this snapshot")
         seen.add(coin_id)
         try:
-            amount = _num(item.get("count"), "count")
-            price_usd = _num(_get(item, "price", "USD"), "price.USD")
+            amount = exact_number(item.get("count"), "count")
+            price_usd = exact_number(_get(item, "price", "USD"), "price.USD")
             row = {
                 "portfolio_id": portfolio_id,
                 "snapshot_date": day,
@@ -142,105 +321,138 @@ def coin_rows(portfolio_id: str, snapshot_date: date, items: Iterable[Mapping[st
                 "is_fiat": _flag(_get(item, "coin", "isFiat")),
                 "amount": amount,
                 "price_usd": price_usd,
-                "price_btc": _num(_get(item, "price", "BTC"), "price.BTC"),
-                "value_usd": None if amount is None or price_usd is None else amount * price_usd,
-                "profit_all_time_usd": _num(_get(item, "profit", "allTime", "USD"), "profit.allTime.USD"),
-                "profit_percent_all_time_usd": _num(
+                "price_btc": exact_number(_get(item, "price", "BTC"), "price.BTC"),
+                "value_usd": _product(amount, price_usd),
+                "profit_all_time_usd": exact_number(_get(item, "profit", "allTime", "USD"), "profit.allTime.USD"),
+                "profit_percent_all_time_usd": exact_number(
                     _get(item, "profitPercent", "allTime", "USD"), "profitPercent.allTime.USD"
                 ),
             }
-        except ValueError as exc:
-            raise ValueError(f"portfolio coin item #{index}: {exc}") from None
+        except _FieldError as exc:
+            raise InvalidItemError(dataset, index, exc.field, exc.reason) from None
         yield row
 
 
-def transaction_identity(item: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the part of a transaction that identifies it, without market-dependent fields.
+# -- transaction identity ------------------------------------------------------------------------
 
-    ``GET /portfolio/transactions`` returns, next to the transaction itself, values computed from
-    today's prices: ``profitLoss`` and ``coinData.currentValue``, and embedded coin objects
-    (``fee.coin``, ``transfers[].items[].coin``) that may carry live market data. The portfolio's
-    display data (``portfolioInfo``) can be renamed. Hashing those would give the same transaction a
-    new key every day, so they are dropped: ``profitLoss``, ``portfolioInfo`` and
-    ``coinData.currentValue`` are removed and every nested ``coin`` object is reduced to its
-    ``identifier``. Every other field, including unknown ones, is kept.
 
-    :param item: A ``TransactionItemDto``.
-    :return: The identity projection (a new dict; ``item`` is not modified).
+def _coin_identifier(coin: Any) -> Any:
+    if not isinstance(coin, Mapping):
+        return None
+    found = coin.get("identifier")
+    return coin.get("id") if found is None else found
+
+
+def _id_number(value: Any, field: str) -> str | None:
+    """A number in a form where equal values compare equal (``1.10`` == ``1.1``)."""
+    number = exact_number(value, field)
+    if number is None:
+        return None
+    if number.is_zero():
+        return "0"
+    return format(number.normalize(), "f")
+
+
+def _item_ids(item: Mapping[str, Any]) -> list[str]:
+    ids: list[str] = []
+    for group in ("transfers", "transactions"):
+        transfers = item.get(group)
+        if not isinstance(transfers, list):
+            continue
+        for transfer in transfers:
+            entries = _get(transfer, "items")
+            if not isinstance(entries, list):
+                continue
+            for entry in entries:
+                entry_id = _get(entry, "id")
+                if isinstance(entry_id, str | int) and not isinstance(entry_id, bool) and str(entry_id):
+                    ids.append(str(entry_id))
+    return sorted(ids)
+
+
+def transaction_identity(item: Mapping[str, Any]) -> list[Any]:
+    """Return the identity of a transaction: its CoinStats ids, or its whitelisted identifying fields.
+
+    See the module docstring for the rule. The result is a JSON-compatible list whose first element
+    names the kind (``"hash"``, ``"items"`` or ``"content"``).
+
+    :param item: A ``TransactionItemDto`` (portfolio) or ``TransactionDto`` (exchange).
+    :return: The identity.
+    :raises ValueError: If an identifying number is not a finite number (names the field).
     """
-    identity = {k: _strip_coins(v) for k, v in item.items() if k not in _VOLATILE_TOP_LEVEL}
-    coin_data = identity.get("coinData")
-    if isinstance(coin_data, dict):
-        coin_data.pop("currentValue", None)
-    return identity
-
-
-def _strip_coins(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            if key == "coin" and isinstance(sub, Mapping) and "identifier" in sub:
-                out[key] = {"identifier": sub["identifier"]}
-            else:
-                out[key] = _strip_coins(sub)
-        return out
-    if isinstance(value, list | tuple):
-        return [_strip_coins(v) for v in value]
-    return value
+    hash_id = _get(item, "hash", "id")
+    if isinstance(hash_id, str | int) and not isinstance(hash_id, bool) and str(hash_id):
+        return ["hash", str(hash_id)]
+    ids = _item_ids(item)
+    if ids:
+        return ["items", ids]
+    kind = item.get("transactionType")
+    if kind is None:
+        kind = item.get("type")
+    transfers: list[Any] = []
+    for group, type_field in (("transfers", "transferType"), ("transactions", "action")):
+        entries = item.get(group)
+        if not isinstance(entries, list):
+            continue
+        for t_index, transfer in enumerate(entries):
+            parts: list[Any] = []
+            sub_items = _get(transfer, "items")
+            for i_index, sub in enumerate(sub_items if isinstance(sub_items, list) else []):
+                prefix = f"{group}[{t_index}].items[{i_index}]"
+                parts.append(
+                    [
+                        _coin_identifier(_get(sub, "coin")),
+                        _id_number(_get(sub, "count"), f"{prefix}.count"),
+                        _get(sub, "fromAddress"),
+                        _get(sub, "toAddress"),
+                    ]
+                )
+            transfers.append([group, _get(transfer, type_field), parts])
+    return [
+        "content",
+        kind,
+        item.get("date"),
+        _get(item, "coinData", "identifier"),
+        _id_number(_get(item, "coinData", "count"), "coinData.count"),
+        _coin_identifier(_get(item, "fee", "coin")),
+        _id_number(_get(item, "fee", "count"), "fee.count"),
+        transfers,
+    ]
 
 
 class TransactionKeyer:
-    """Derive stable, unique keys for CoinStats transactions, which have no id of their own.
+    """Derive stable, unique keys for a stream of CoinStats transactions (see the module docstring).
 
-    The key is ``<sha256>-<ordinal>``. The hash covers the portfolio id and the canonical JSON of
-    the transaction's identity (:func:`transaction_identity`; the whole item when
-    ``hash_full_item=True``), so it does not depend on paging, run or market prices. Two
-    transactions with the same content are both kept: the ordinal counts identical transactions
-    seen so far in the stream (multiset semantics), so they get ``-0``, ``-1``, ... A rerun over the
-    same stream reproduces the same keys, and one new identical transaction adds exactly one key.
-
-    Use one keyer per stream, call :meth:`key` exactly once per item, in stream order.
+    The key is ``<sha256 of portfolio id and identity>-<ordinal>``. Use one keyer per stream and call
+    :meth:`key` exactly once per item, in stream order.
 
     Memory is bounded by keeping ordinal counters only for the ``max_dates`` most recently seen
     ``date`` values (LRU). This relies on two properties of the API: identical transactions carry
     the same ``date``, and ``GET /portfolio/transactions`` returns transactions ordered by date, so a
     date that has fallen out of the window does not come back. If it did, its ordinals would restart
-    at ``-0`` and a repeated identical transaction would overwrite the earlier row instead of being
-    counted twice.
+    at ``-0``; the warehouse then refuses the stream (repeated key) instead of merging two rows.
 
     :param max_dates: How many distinct dates to keep counters for.
-    :param hash_full_item: Hash the complete item instead of its identity projection.
     """
 
-    def __init__(self, max_dates: int = 4096, *, hash_full_item: bool = False) -> None:
+    def __init__(self, max_dates: int = 4096) -> None:
         if max_dates < 1:
             raise ValueError("max_dates must be at least 1")
         self.max_dates = max_dates
-        self.hash_full_item = hash_full_item
         self._counts: OrderedDict[str, dict[str, int]] = OrderedDict()
-
-    @property
-    def tracked_dates(self) -> int:
-        """Number of dates whose ordinal counters are currently held."""
-        return len(self._counts)
-
-    @property
-    def tracked_hashes(self) -> int:
-        """Number of ordinal counters currently held, over all dates."""
-        return sum(len(counts) for counts in self._counts.values())
 
     def key(self, portfolio_id: str, item: Mapping[str, Any]) -> str:
         """Return the key of the next transaction in the stream.
 
         :param portfolio_id: The portfolio the transaction belongs to.
-        :param item: The ``TransactionItemDto``.
+        :param item: The transaction.
         :return: ``<64 hex chars>-<ordinal>``.
-        :raises ValueError: If ``item`` is not a JSON object.
+        :raises ValueError: If ``item`` is not a JSON object or an identifying number is invalid.
         """
         if not isinstance(item, Mapping):
             raise ValueError(f"transaction is not an object (got {type(item).__name__})")
-        identity: Any = dict(item) if self.hash_full_item else transaction_identity(item)
-        digest = hashlib.sha256(canonical_json([portfolio_id, identity]).encode("utf-8")).hexdigest()
+        identity = transaction_identity(item)
+        digest = hashlib.sha256(canonical_json([portfolio_id, identity]).encode("ascii")).hexdigest()
         raw_date = item.get("date")
         bucket = raw_date if isinstance(raw_date, str) else canonical_json(raw_date)
         counts = self._counts.get(bucket)
@@ -256,7 +468,7 @@ class TransactionKeyer:
 
 
 def transaction_rows(
-    portfolio_id: str, items: Iterable[Mapping[str, Any]], keyer: TransactionKeyer
+    portfolio_id: str, items: Iterable[Mapping[str, Any]], keyer: TransactionKeyer | None = None
 ) -> Iterator[dict[str, Any]]:
     """Lazily build ``coinstats_portfolio_transactions`` rows from ``GET /portfolio/transactions``.
 
@@ -265,30 +477,35 @@ def transaction_rows(
 
     :param portfolio_id: The CoinStats portfolio id.
     :param items: ``TransactionItemDto`` objects in API order, possibly spanning several pages.
-    :param keyer: The stream's :class:`TransactionKeyer`.
+    :param keyer: The stream's :class:`TransactionKeyer`; a new one when omitted.
     :return: An iterator of rows, one per item.
-    :raises ValueError: On a malformed item; the message names the item's position, not its content.
+    :raises InvalidItemError: On a malformed item; the message names the item's position and the
+        field, never its content.
     """
+    dataset = "portfolio transactions"
+    keyer = keyer or TransactionKeyer()
     for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise InvalidItemError(dataset, index, "item", f"is not an object (got {type(item).__name__})")
         try:
-            if not isinstance(item, Mapping):
-                raise ValueError(f"not an object (got {type(item).__name__})")
             row = {
                 "portfolio_id": portfolio_id,
-                "transaction_key": "",
+                "transaction_key": keyer.key(portfolio_id, item),
                 "transaction_type": _text(item.get("transactionType"), "transactionType"),
                 "occurred_at": _text(item.get("date"), "date"),
                 "coin_id": _text(_get(item, "coinData", "identifier"), "coinData.identifier"),
                 "symbol": _text(_get(item, "coinData", "symbol"), "coinData.symbol"),
-                "amount": _num(_get(item, "coinData", "count"), "coinData.count"),
-                "total_worth_usd": _num(_get(item, "coinData", "totalWorth"), "coinData.totalWorth"),
-                "fee_amount": _num(_get(item, "fee", "count"), "fee.count"),
+                "amount": exact_number(_get(item, "coinData", "count"), "coinData.count"),
+                "total_worth_usd": exact_number(_get(item, "coinData", "totalWorth"), "coinData.totalWorth"),
+                "fee_amount": exact_number(_get(item, "fee", "count"), "fee.count"),
                 "fee_coin_id": _text(_get(item, "fee", "coin", "identifier"), "fee.coin.identifier"),
-                "profit_usd": _num(_get(item, "profitLoss", "profit"), "profitLoss.profit"),
+                "profit_usd": exact_number(_get(item, "profitLoss", "profit"), "profitLoss.profit"),
                 "portfolio_name": _text(_get(item, "portfolioInfo", "name"), "portfolioInfo.name"),
-                "payload_json": canonical_json(item),
             }
-            row["transaction_key"] = keyer.key(portfolio_id, item)
-        except ValueError as exc:
-            raise ValueError(f"portfolio transaction item #{index}: {exc}") from None
+            try:
+                row["payload_json"] = canonical_json(item)
+            except _FieldError as exc:
+                raise _FieldError("payload" if exc.field == "value" else f"payload.{exc.field}", exc.reason) from None
+        except _FieldError as exc:
+            raise InvalidItemError(dataset, index, exc.field, exc.reason) from None
         yield row
