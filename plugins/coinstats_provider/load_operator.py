@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from coinstats_provider.exceptions import CoinStatsError
+from coinstats_provider.exceptions import CoinStatsError, CoinStatsListChangedError
 from coinstats_provider.hooks import DEFAULT_PAGE_SIZE, CoinStatsHook
 from coinstats_provider.operators import fail_fast, failing_fast, meter_across_tries
 from coinstats_provider.transform import InvalidItemError, TransactionKeyer, coin_rows, transaction_rows, value_row
@@ -27,6 +27,8 @@ TABLES: dict[str, str] = {
     "transactions": "coinstats_portfolio_transactions",
 }
 PROGRESS_EVERY_PAGES = 10
+#: Reads of one stream again, within one try, after CoinStats' list changed between page reads.
+MAX_STREAM_RESTARTS = 2
 
 
 def run_date(context: Context) -> dt.date | None:
@@ -95,6 +97,8 @@ class LoadPortfolioOperator(BaseOperator):
     :param credit_budget: Credits this task instance may spend over all its tries (what earlier tries spent
         is kept in the task state store); ``None`` for no limit.
     :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
+    :param max_stream_restarts: How often one try reads a stream again from its first page when the list
+        changed upstream between page reads (see :mod:`coinstats_provider.paging`).
     """
 
     template_fields: Sequence[str] = (
@@ -120,6 +124,7 @@ class LoadPortfolioOperator(BaseOperator):
         page_size: int = DEFAULT_PAGE_SIZE,
         credit_budget: int | str | None = None,
         hook_params: dict[str, Any] | None = None,
+        max_stream_restarts: int = MAX_STREAM_RESTARTS,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
@@ -133,6 +138,9 @@ class LoadPortfolioOperator(BaseOperator):
         self.page_size = page_size
         self.credit_budget = credit_budget
         self.hook_params = hook_params or {}
+        if max_stream_restarts < 0:
+            raise ValueError("max_stream_restarts must be >= 0")
+        self.max_stream_restarts = max_stream_restarts
         self._pages = 0
 
     @cached_property
@@ -164,7 +172,7 @@ class LoadPortfolioOperator(BaseOperator):
         self._pages = 0
         self._reconciled: ReconcileResult | None = None
         try:
-            rows = self._load(warehouse, day)
+            rows = self._load_whole(warehouse, day)
         except CoinStatsError as err:
             raise fail_fast(err, f"Loading {self.dataset} of portfolio {self.portfolio_id}") from err
         except InvalidItemError as err:
@@ -202,6 +210,28 @@ class LoadPortfolioOperator(BaseOperator):
                 changes.unchanged,
             )
         return result
+
+    def _load_whole(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
+        """Run :meth:`_load`; read the stream again when CoinStats' list changed between two page reads.
+
+        Nothing is written by an abandoned stream (rows are only staged), so reading again is safe; it
+        costs the pages already read. After ``max_stream_restarts`` the error goes to Airflow's retry.
+        """
+        for restart in range(self.max_stream_restarts + 1):
+            try:
+                return self._load(warehouse, day)
+            except CoinStatsListChangedError:
+                if restart == self.max_stream_restarts:
+                    raise
+                self.log.warning(
+                    "%s of portfolio %s changed upstream while it was read; nothing was written, reading it "
+                    "again from the first page (%d of %d)",
+                    self.dataset,
+                    self.portfolio_id,
+                    restart + 1,
+                    self.max_stream_restarts,
+                )
+        raise AssertionError("unreachable")
 
     def _load(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
         pid = self.portfolio_id
