@@ -96,7 +96,7 @@ def test_matrix_failure_leaks_no_canary(
 ) -> None:
     outcome = case.run(Env(monkeypatch, tmp_path))
 
-    assert outcome.error is not None
+    assert (outcome.error is None) == (case.error is None)  # a few cases are inputs the task survives
     assert outcome.observed, "nothing was collected to search"
     assert_no_canary(*exception_texts(outcome.error), *outcome.observed, *log_texts(logs, capfd))
 

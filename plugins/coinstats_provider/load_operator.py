@@ -220,9 +220,14 @@ class LoadPortfolioOperator(BaseOperator):
         for restart in range(self.max_stream_restarts + 1):
             try:
                 return self._load(warehouse, day)
-            except CoinStatsListChangedError:
+            except CoinStatsListChangedError as err:
                 if restart == self.max_stream_restarts:
-                    raise
+                    raise CoinStatsListChangedError(
+                        f"Loading {self.dataset} of portfolio {self.portfolio_id}: {err} It changed during all "
+                        f"{restart + 1} reads of this try and nothing was written; Airflow's retry reads it again. "
+                        "If it keeps changing (CoinStats still syncing the account), raise max_stream_restarts "
+                        "or the task's retry delay."
+                    ) from err
                 self.log.warning(
                     "%s of portfolio %s changed upstream while it was read; nothing was written, reading it "
                     "again from the first page (%d of %d)",

@@ -107,8 +107,9 @@ def check_budget_covers(run_budget: int | None, accounts: int, datasets: int) ->
     :param accounts: Number of exchange accounts.
     :param datasets: Number of selected datasets.
     """
-    each = CONNECT_COST + min_credits_per_portfolio(datasets)
-    needed = accounts * each + SUPPORT_COST
+    # Each connect task may pay for the exchange list itself (its cache is per worker machine).
+    each = SUPPORT_COST + CONNECT_COST + min_credits_per_portfolio(datasets)
+    needed = accounts * each
     if run_budget is not None and run_budget < needed:
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} cannot cover {accounts} account(s): connecting and syncing "
