@@ -84,7 +84,7 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
     """Run SyncPortfolioOperator like Airflow does: execute -> defer -> trigger event -> execute_complete."""
     from airflow.sdk.exceptions import TaskDeferred
 
-    from coinstats_provider.sync_operator import SyncPortfolioOperator
+    from coinstats_provider.operators.sync import SyncPortfolioOperator
 
     kwargs: dict[str, Any] = {} if poll_interval is None else {"poll_interval": poll_interval}
     sync = SyncPortfolioOperator(
@@ -124,8 +124,8 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
 
 def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[tuple[float, str]]) -> dict[str, Any]:
     """One daily sync of one portfolio; returns credits per step from all three sources."""
-    from coinstats_provider.load_operator import DATASETS, LoadPortfolioOperator
-    from coinstats_provider.operators import ConnectExchangePortfolioOperator
+    from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
+    from coinstats_provider.operators.load import DATASETS, LoadPortfolioOperator
 
     steps: list[dict[str, Any]] = []
     stats = sandbox_stats(base_url)
@@ -283,7 +283,7 @@ def main() -> None:
     with temp_dir("coinstats-bench-credits-") as home:
         prepare_airflow_env(home)
         allow_direct_execute()
-        from coinstats_provider import hooks
+        from coinstats_provider.hooks import coinstats as hooks
 
         trace: list[tuple[float, str]] = []
         original = hooks.CoinStatsHook.aget_portfolio_sync_status

@@ -58,12 +58,12 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
     prepare_airflow_env(Path(os.environ["BENCH_AIRFLOW_HOME"]))
     allow_direct_execute()
     set_connection("coinstats_warehouse", conn_type="sqlite", host=str(db))
-    from coinstats_provider.transform import TransactionKeyer, transaction_rows
-    from coinstats_provider.warehouse import CoinStatsWarehouse
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
 
     rows: int
     if variant == "ours":
-        from coinstats_provider.load_operator import LoadPortfolioOperator
+        from coinstats_provider.operators.load import LoadPortfolioOperator
 
         set_connection("coinstats_default", conn_type="coinstats", host=base_url, password=API_KEY)
         load_transactions = LoadPortfolioOperator(

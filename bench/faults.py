@@ -1,6 +1,6 @@
 """Faults: the main DAG under >= 30 % injected faults ends with the same warehouse as a fault-free run.
 
-Runs ``coinstats_portfolio_sync`` in-process with ``dag.test()`` (the way ``tests/test_pipeline_e2e.py``
+Runs ``coinstats_portfolio_sync`` in-process with ``dag.test()`` (the way ``tests/integration/test_pipeline_e2e.py``
 does) against the CoinStats sandbox (started in this process), with a throw-away ``AIRFLOW_HOME`` and a
 SQLite metadata database. Three exchange accounts with distinct credentials: binance, okx (with a
 passphrase) and kraken.
@@ -134,7 +134,7 @@ class RetryCounter:
 
     def __init__(self) -> None:
         from coinstats_provider import exceptions
-        from coinstats_provider.hooks import CoinStatsHook
+        from coinstats_provider.hooks.coinstats import CoinStatsHook
 
         self.counts: Counter[str] = Counter()
         original = CoinStatsHook._backoff
@@ -191,7 +191,7 @@ def output_to(path: Path) -> Iterator[None]:
 
 def read_tables(path: Path) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
     """Every warehouse table of the SQLite file at ``path``: (columns without volatile ones, rows)."""
-    from coinstats_provider.warehouse import TABLES
+    from coinstats_provider.warehouse.loader import TABLES
 
     out: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
     if not path.exists():
@@ -212,7 +212,7 @@ def read_tables(path: Path) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, 
 
 def compare_table(name: str, ref: list[tuple[Any, ...]], got: list[tuple[Any, ...]]) -> dict[str, Any]:
     """Rows of ``got`` against ``ref``, by the table's primary key and by full content."""
-    from coinstats_provider.warehouse import TABLES
+    from coinstats_provider.warehouse.loader import TABLES
 
     spec = TABLES[name]
     columns = [c for c in spec.column_names if c not in VOLATILE]
@@ -294,7 +294,7 @@ def run_dag(
 
     ``fresh``: the sandbox forgets its portfolios and counters first, so every account is connected anew.
     """
-    from coinstats_provider import hooks
+    from coinstats_provider.hooks import coinstats as hooks
 
     set_connection("coinstats_warehouse", conn_type="sqlite", host=str(warehouse))
     # Every run does the same work: the exchange list is fetched once per run (cold in-process and disk cache).

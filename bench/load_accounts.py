@@ -59,10 +59,10 @@ for _path in (str(ROOT / "plugins"), str(ROOT)):
 import psycopg2  # noqa: E402
 
 from bench._common import machine_info, print_machine, table  # noqa: E402
-from coinstats_provider.transform import TransactionKeyer, coin_rows, transaction_rows, value_row  # noqa: E402
+from coinstats_provider.warehouse.transform import TransactionKeyer, coin_rows, transaction_rows, value_row  # noqa: E402
 from include.coinstats_sandbox import data as sandbox_data  # noqa: E402
-from tests.airflow_stack import DAG_ID, AirflowStack, StackError  # noqa: E402
-from tests.postgres_server import PostgresServer  # noqa: E402
+from tests.helpers.airflow_stack import DAG_ID, AirflowStack, StackError  # noqa: E402
+from tests.helpers.postgres_server import PostgresServer  # noqa: E402
 
 POOL = "coinstats_api"
 EXCHANGES = ("binance", "okx", "kraken")

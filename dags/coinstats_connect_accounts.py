@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, task
 
-from coinstats_provider.operators import ConnectExchangePortfolioOperator
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
 
 EXCHANGE_CONN_IDS = [
     "coinstats_exchange_binance",

@@ -18,9 +18,9 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 
 from coinstats_provider import pipeline
-from coinstats_provider.load_operator import DATASETS, TABLES, LoadPortfolioOperator
-from coinstats_provider.operators import ConnectExchangePortfolioOperator, failing_fast
-from coinstats_provider.sync_operator import SyncPortfolioOperator
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, failing_fast
+from coinstats_provider.operators.load import DATASETS, TABLES, LoadPortfolioOperator
+from coinstats_provider.operators.sync import SyncPortfolioOperator
 
 DAG_ID = "coinstats_portfolio_sync"
 COINSTATS_CONN_ID = "coinstats_default"

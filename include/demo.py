@@ -112,8 +112,8 @@ def latest_summary() -> dict[str, Any]:
 
 def warehouse_state() -> dict[str, list[tuple[Any, ...]]]:
     """Every warehouse table without its load timestamps."""
-    from coinstats_provider.warehouse import TABLES as SPECS
-    from coinstats_provider.warehouse import CoinStatsWarehouse
+    from coinstats_provider.warehouse.loader import TABLES as SPECS
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
     from include.load_settings import parse_settings
 
     # Outside a task, connections resolve from the environment, not the metadata DB.

@@ -68,7 +68,7 @@ def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any)
 
 @pytest.fixture(autouse=True)
 def _isolated_support_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from coinstats_provider import hooks
+    from coinstats_provider.hooks import coinstats as hooks
 
     monkeypatch.setenv("COINSTATS_CACHE_DIR", str(tmp_path / "cache"))
     hooks._SUPPORT_CACHE.clear()

@@ -14,11 +14,11 @@ def get_provider_info() -> dict[str, Any]:
         "name": "CoinStats",
         "description": "Connect exchange accounts to CoinStats portfolios, sync them and load them into SQL.",
         "versions": [__version__],
-        "extra-links": ["coinstats_provider.links.CoinStatsPortfolioLink"],
+        "extra-links": ["coinstats_provider.links.portfolio.CoinStatsPortfolioLink"],
         "connection-types": [
             {
                 "connection-type": "coinstats",
-                "hook-class-name": "coinstats_provider.hooks.CoinStatsHook",
+                "hook-class-name": "coinstats_provider.hooks.coinstats.CoinStatsHook",
                 "hook-name": "CoinStats",
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login"],
@@ -49,7 +49,7 @@ def get_provider_info() -> dict[str, Any]:
             },
             {
                 "connection-type": "coinstats_exchange",
-                "hook-class-name": "coinstats_provider.exchange_hook.CoinStatsExchangeHook",
+                "hook-class-name": "coinstats_provider.hooks.exchange.CoinStatsExchangeHook",
                 "hook-name": "CoinStats exchange account",
                 "ui-field-behaviour": {
                     "hidden-fields": ["host", "schema", "port"],

@@ -14,9 +14,9 @@ from typing import Any
 
 from coinstats_provider.credits import credit_cost
 from coinstats_provider.exceptions import CoinStatsConfigError
-from coinstats_provider.sync_operator import SYNC_COST
-from coinstats_provider.triggers import POLL_COST
-from coinstats_provider.warehouse import CoinStatsWarehouse
+from coinstats_provider.operators.sync import SYNC_COST
+from coinstats_provider.triggers.sync import POLL_COST
+from coinstats_provider.warehouse.loader import CoinStatsWarehouse
 
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
 CONNECT_COST = credit_cost("POST", "/portfolio/exchange")

@@ -1,0 +1,333 @@
+"""SyncPortfolioOperator: start a CoinStats portfolio sync on the worker, wait for it in the triggerer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from coinstats_provider.credits import POLL_COST, SYNC_COST, CreditMeter
+from coinstats_provider.exceptions import CoinStatsError, CoinStatsSyncTimeout
+from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.models import SyncStatus
+from coinstats_provider.operators.connect import fail_fast
+from coinstats_provider.triggers.sync import EVENT_STATUSES, PortfolioSyncTrigger, polls_possible
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "as_bool", "defer_timeout"]
+
+#: Task state store key: the sync this task instance started (``portfolio_id``, ``deadline``), the credits
+#: all its tries spent (``credits``) and, while deferred, the wait in the triggerer (``wait``).
+STATE_KEY = "coinstats_sync"
+#: Least time Airflow waits for the trigger beyond the sync deadline before it fails the deferred task.
+DEFER_MARGIN = 300.0
+
+
+def as_bool(value: Any) -> bool:
+    """Read a templated boolean (``True``, ``"true"``, ``"False"``, ``0``...).
+
+    :param value: The rendered value.
+    """
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def defer_timeout(end_time: float, now: float) -> dt.timedelta:
+    """How long Airflow lets the task stay deferred: the time left to the sync deadline plus a margin.
+
+    The trigger reports the deadline itself; this timeout only fires when no triggerer runs the trigger,
+    so the task fails instead of waiting forever (and, with ``max_active_runs=1``, blocking later runs).
+    The margin is 5 minutes or 10 % of the time left, whichever is larger.
+
+    :param end_time: Epoch seconds of the sync deadline.
+    :param now: Epoch seconds now.
+    """
+    left = max(0.0, end_time - now)
+    return dt.timedelta(seconds=left + max(DEFER_MARGIN, 0.1 * left))
+
+
+class SyncPortfolioOperator(BaseOperator):
+    """Trigger ``PATCH /portfolio/sync?portfolioId=...`` (30 credits) and wait until ``synced``.
+
+    Deferrable by default: the wait runs in :class:`PortfolioSyncTrigger` with its own deadline, so no
+    worker slot (and no pool slot) is held. ``deferrable=False`` polls on the worker for setups without a
+    triggerer. Returns ``{"portfolio_id", "polls", "credits_spent"}``; ``credits_spent`` (also an XCom key)
+    covers every try of the task instance.
+
+    A retry does not start a second sync while the first one is within its deadline: the sync started
+    is kept in Airflow's task state store, and the retry waits for it (same deadline) instead of paying
+    30 credits again.
+
+    ``credit_budget`` covers all tries of the task instance: the credits spent so far are kept in the same
+    state (``credits``, saved after every paid call) and a try only spends what is left; a try that finds
+    nothing left fails without retrying. The trigger's poll allowance is derived from the credits left at
+    defer time. While deferred the state also holds the wait (``wait``: start, interval, deadline, allowance),
+    so a try that follows a wait which never resumed (deferral timeout, lost worker) counts the polls that
+    wait may have made. The deferral has a timeout (the time left to the deadline plus a margin), so the
+    task fails instead of waiting forever when no triggerer runs.
+
+    :param portfolio_id: The portfolio to sync (always sent: without it CoinStats syncs all at 10x).
+    :param coinstats_conn_id: CoinStats connection.
+    :param sync_timeout: Seconds to wait for ``synced`` before failing.
+    :param poll_interval: Seconds between status polls (each costs 3 credits).
+    :param credit_budget: Credits this task may spend (sync plus polls); ``None`` for no limit.
+    :param deferrable: Wait in the triggerer (default) or on the worker.
+    :param hook_params: JSON-serialisable keyword arguments for :class:`CoinStatsHook`.
+    """
+
+    template_fields: Sequence[str] = (
+        "portfolio_id",
+        "coinstats_conn_id",
+        "sync_timeout",
+        "poll_interval",
+        "credit_budget",
+        "deferrable",
+    )
+    ui_color = "#9ad1f5"
+
+    def __init__(
+        self,
+        *,
+        portfolio_id: str,
+        coinstats_conn_id: str = CoinStatsHook.default_conn_name,
+        sync_timeout: float | str = 1800,
+        poll_interval: float | str = 30,
+        credit_budget: int | str | None = None,
+        deferrable: bool | str = True,
+        hook_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
+        super().__init__(**kwargs)
+        self.portfolio_id = portfolio_id
+        self.coinstats_conn_id = coinstats_conn_id
+        self.sync_timeout = sync_timeout
+        self.poll_interval = poll_interval
+        self.credit_budget = credit_budget
+        self.deferrable = deferrable
+        self.hook_params = hook_params or {}
+
+    @cached_property
+    def hook(self) -> CoinStatsHook:
+        """The CoinStats hook, limited to this task's credit budget."""
+        return CoinStatsHook(self.coinstats_conn_id, credit_budget=self._budget(), **self.hook_params)
+
+    def _budget(self) -> int | None:
+        return None if self.credit_budget in (None, "", "None") else int(float(str(self.credit_budget)))
+
+    def _numbers(self) -> tuple[float, float]:
+        try:
+            timeout, interval = float(self.sync_timeout), float(self.poll_interval)
+        except (TypeError, ValueError):
+            raise AirflowFailException(
+                f"Task {self.task_id}: sync_timeout and poll_interval must be numbers of seconds."
+            ) from None
+        if not (0 < timeout < math.inf and 0 < interval < math.inf):
+            raise AirflowFailException(
+                f"Task {self.task_id}: sync_timeout and poll_interval must be positive, finite seconds."
+            )
+        return timeout, interval
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Start the sync (or take over the one an earlier try started), then defer (or poll) until ``synced``.
+
+        Credits are counted over all tries of the task instance: this try only spends what earlier tries
+        left of ``credit_budget``, and fails fast when nothing is left.
+        """
+        timeout, interval = self._numbers()
+        state = self._read_state(context) or {"portfolio_id": None, "deadline": None, "credits": 0}
+        if "wait" in state:
+            # An earlier try deferred and never resumed (deferral timeout, lost worker): count the polls
+            # its trigger may have made, then forget that wait.
+            polls = self._unfinished_wait_polls(state.pop("wait"))
+            state["credits"] += polls * POLL_COST
+            self.log.warning(
+                "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; counting the "
+                "%d status polls (%d credits) that trigger may have made",
+                self.portfolio_id,
+                polls,
+                polls * POLL_COST,
+            )
+            self._save_state(context, state)
+        reuse = state["portfolio_id"] == self.portfolio_id and time.time() < (state["deadline"] or 0.0)
+        if reuse:
+            self.log.info(
+                "Portfolio %s: an earlier try of this task started a sync that is still within its deadline; "
+                "waiting for that sync instead of paying %d credits for another",
+                self.portfolio_id,
+                SYNC_COST,
+            )
+        else:
+            state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout, "credits": state["credits"]}
+        step = f"{'Waiting for' if reuse else 'Starting'} the sync of portfolio {self.portfolio_id}"
+        try:
+            meter = self.hook.credits  # reads the connection: its errors are reported below too
+            # Saved after every paid call, so even a killed worker leaves the figure for the next try.
+            meter.carry_over(
+                state["credits"],
+                lambda spent: self._save_state(context, {**state, "credits": spent}),
+                state_key=STATE_KEY,
+            )
+            if not reuse:
+                spent_before = meter.spent
+                self.hook.trigger_portfolio_sync(self.portfolio_id)
+                cost = meter.spent - spent_before  # as metered: a retried, charged answer counts twice
+                self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
+        except CoinStatsError as err:
+            raise fail_fast(err, step) from err
+        state = {**state, "credits": meter.spent}
+        self._save_state(context, state)
+        context["ti"].xcom_push(key="credits_spent", value=meter.spent)
+        end_time = float(state["deadline"])
+        if as_bool(self.deferrable):
+            now = time.time()
+            remaining = meter.remaining
+            max_polls = None if remaining is None else max(0, remaining // POLL_COST)
+            wait = {"started_at": now, "poll_interval": interval, "end_time": end_time, "max_polls": max_polls}
+            self._save_state(context, {**state, "wait": wait})
+            self.defer(
+                trigger=PortfolioSyncTrigger(
+                    portfolio_id=self.portfolio_id,
+                    coinstats_conn_id=self.coinstats_conn_id,
+                    end_time=end_time,
+                    poll_interval=interval,
+                    max_polls=max_polls,
+                    hook_params=self.hook_params,
+                    started_at=now,
+                ),
+                method_name="execute_complete",
+                # The trigger reports the deadline itself; this only fires when no triggerer runs it.
+                timeout=defer_timeout(end_time, now),
+            )
+        return self._poll_on_worker(context, state, meter, end_time, interval)
+
+    def _read_state(self, context: Context) -> dict[str, Any] | None:
+        """This task instance's sync state from Airflow's task state store, or ``None`` without one.
+
+        The store keeps its keys across the tries of one task instance in one DAG run, so a retry (after a
+        worker crash, a failed poll, or Airflow's stale-executor-event race on resumed deferred tasks)
+        waits for the sync already running instead of paying for another one, and spends only what earlier
+        tries left of the budget. Unreadable fields are dropped; unreadable credits count 0.
+        """
+        store = context.get("task_state_store")
+        raw: Any = store.get(STATE_KEY) if store is not None else None
+        if not isinstance(raw, dict):
+            return None
+        state: dict[str, Any] = {"portfolio_id": None, "deadline": None, "credits": _number(raw.get("credits"), int)}
+        if isinstance(raw.get("portfolio_id"), str):
+            state["portfolio_id"] = raw["portfolio_id"]
+        deadline = _number(raw.get("deadline"), float)
+        if deadline:
+            state["deadline"] = deadline
+        if isinstance(raw.get("wait"), dict):
+            state["wait"] = raw["wait"]
+        return state
+
+    @staticmethod
+    def _save_state(context: Context, state: dict[str, Any]) -> None:
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_KEY, state)
+
+    def _unfinished_wait_polls(self, wait: dict[str, Any]) -> int:
+        """The most polls the trigger of a wait that never resumed can have made (:func:`polls_possible`)."""
+        started_at, interval = _number(wait.get("started_at"), float), _number(wait.get("poll_interval"), float)
+        end_time, max_polls = _number(wait.get("end_time"), float), wait.get("max_polls")
+        if not (started_at and interval > 0 and end_time):
+            return 0
+        polls = polls_possible(started_at, interval, end_time, time.time())
+        return min(polls, max_polls) if isinstance(max_polls, int) and max_polls >= 0 else polls
+
+    def _poll_on_worker(
+        self, context: Context, state: dict[str, Any], meter: CreditMeter, end_time: float, interval: float
+    ) -> dict[str, Any]:
+        before = meter.spent
+        remaining = meter.remaining
+        max_polls = None if remaining is None else max(0, remaining // POLL_COST)
+        polls = 0
+        try:
+            while True:
+                time.sleep(min(interval, max(0.0, end_time - time.time())))
+                if max_polls is not None and polls >= max_polls:
+                    return self._finish(context, {"status": "budget", "polls": polls, "message": ""}, state, before)
+                status = self.hook.get_portfolio_sync_status(self.portfolio_id)
+                polls = meter.calls["GET /portfolio/status"]  # charged answers, retries included
+                if status is SyncStatus.SYNCED:
+                    return self._finish(context, {"status": "success", "polls": polls, "message": ""}, state, before)
+                if time.time() >= end_time:
+                    return self._finish(context, {"status": "timeout", "polls": polls, "message": ""}, state, before)
+        except CoinStatsError as err:
+            raise fail_fast(err, f"Waiting for the sync of portfolio {self.portfolio_id}") from err
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate the trigger event and finish: return the summary, or fail with a clear message.
+
+        :param context: Task context.
+        :param event: The event from :class:`PortfolioSyncTrigger`.
+        """
+        if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
+            # A malformed event is a bug, not a passing fault: retrying would only pay for another sync.
+            raise AirflowFailException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")
+        state = self._read_state(context)
+        before = state["credits"] if state is not None else SYNC_COST
+        return self._finish(context, event, state, before)
+
+    def _finish(
+        self, context: Context, event: dict[str, Any], state: dict[str, Any] | None, before: int
+    ) -> dict[str, Any]:
+        """Count the wait's polls into the credits of all tries, push them, and return or fail."""
+        polls = int(event.get("polls") or 0)
+        spent = before + polls * POLL_COST
+        if state is not None:
+            # The wait is over: its polls are in the total now, so a later try does not estimate them again.
+            done = {key: value for key, value in state.items() if key != "wait"}
+            self._save_state(context, {**done, "credits": spent})
+        context["ti"].xcom_push(key="credits_spent", value=spent)
+        self.log.info(
+            "CoinStats credits spent by this task: %d (%d before this wait + %d status polls)", spent, before, polls
+        )
+        status = event["status"]
+        if status == "success":
+            self.log.info("Portfolio %s is synced after %d status polls", self.portfolio_id, polls)
+            return {"portfolio_id": self.portfolio_id, "polls": polls, "credits_spent": spent}
+        if status == "timeout":
+            raise AirflowFailException(
+                str(
+                    CoinStatsSyncTimeout(
+                        f"CoinStats sync of portfolio {self.portfolio_id} did not finish within "
+                        f"{float(self.sync_timeout):g} s ({polls} status poll{'' if polls == 1 else 's'}). "
+                        "Raise the sync timeout (Param sync_timeout_minutes) or check the account in CoinStats."
+                    )
+                )
+            )
+        if status == "budget":
+            raise AirflowFailException(
+                f"Stopped waiting for portfolio {self.portfolio_id}: another status poll would exceed the "
+                f"credit budget of {self._budget()} credits ({spent} spent). Raise the budget or the poll interval."
+            )
+        message = f"Waiting for the sync of portfolio {self.portfolio_id} failed: {event.get('message')}"
+        if event.get("retryable"):
+            raise AirflowException(message)
+        raise AirflowFailException(message)
+
+    def on_kill(self) -> None:
+        """CoinStats has no call to cancel a sync; nothing is held locally, so there is nothing to clean up."""
+        self.log.info(
+            "Task killed while portfolio %s was syncing; CoinStats finishes that sync on its own.", self.portfolio_id
+        )
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """``value`` as a non-negative ``int``/``float`` read from the task state store, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return kind(0)
+    return kind(value)

@@ -1,0 +1,189 @@
+"""PortfolioSyncTrigger: waits for a CoinStats sync in the triggerer, without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from coinstats_provider.credits import POLL_COST
+from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded, CoinStatsError
+from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.models import SyncStatus
+
+__all__ = ["EVENT_STATUSES", "POLL_COST", "PortfolioSyncTrigger", "polls_possible"]
+
+#: Event statuses the trigger can yield; the operator rejects anything else.
+EVENT_STATUSES = frozenset({"success", "timeout", "budget", "error"})
+_STATUS_CALL = "GET /portfolio/status"
+
+
+def polls_possible(started_at: float, poll_interval: float, end_time: float, now: float) -> int:
+    """The most status polls a wait that started at ``started_at`` can have made by ``now``.
+
+    A wait polls at most once per ``poll_interval`` (the first one interval after it started), plus one
+    poll at the deadline; a trigger rebuilt after the deadline does not poll again. So this bounds the
+    polls of every incarnation of one wait together, however often the triggerer restarted.
+
+    :param started_at: Epoch seconds the wait (the deferral) started.
+    :param poll_interval: Seconds between polls.
+    :param end_time: Epoch seconds of the deadline.
+    :param now: Epoch seconds now.
+    """
+    if now <= started_at:
+        return 0
+    before_deadline = max(0, int((min(now, end_time) - started_at) // poll_interval))
+    return before_deadline + (1 if now >= end_time else 0)
+
+
+class PortfolioSyncTrigger(BaseTrigger):
+    """Poll ``GET /portfolio/status`` (3 credits per poll) until the portfolio is ``synced``.
+
+    The first poll happens one ``poll_interval`` after the sync was started (a sync never finishes
+    instantly). Yields exactly one event: ``success``, ``timeout`` (deadline passed), ``budget`` (the next
+    poll would exceed ``max_polls``) or ``error`` (with ``retryable``). ``polls`` and ``credits_spent`` in
+    the event count the polls CoinStats charged (2xx answers).
+
+    Surviving a triggerer restart: the triggerer rebuilds the trigger from its serialized kwargs, which
+    never change, so a rebuilt trigger cannot know how many polls the lost one made. ``max_polls`` is
+    therefore the allowance of the whole wait since ``started_at`` (the defer time), and a rebuilt trigger
+    counts the polls the earlier one may have made (:func:`polls_possible`: one per elapsed interval) as
+    made. Every poll may be charged once only (a 2xx answer with an unreadable body is not re-sent at
+    once; the next poll comes one interval later), so that bound holds and the wait as a whole never
+    polls more than ``max_polls`` times. A trigger rebuilt after the deadline reports ``timeout`` without
+    polling. Without ``started_at`` (kwargs of an older version) the count starts at 0.
+
+    :param portfolio_id: The portfolio being synced.
+    :param coinstats_conn_id: CoinStats connection.
+    :param end_time: Epoch seconds after which the wait fails with ``timeout``.
+    :param poll_interval: Seconds between polls.
+    :param max_polls: Polls the whole wait may make (from the credits left at defer time); ``None`` for no
+        limit.
+    :param hook_params: JSON-serialisable keyword arguments for :class:`CoinStatsHook`.
+    :param started_at: Epoch seconds the wait started (the operator's defer time).
+    """
+
+    def __init__(
+        self,
+        portfolio_id: str,
+        coinstats_conn_id: str,
+        end_time: float,
+        poll_interval: float,
+        max_polls: int | None = None,
+        hook_params: dict[str, Any] | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.portfolio_id = portfolio_id
+        self.coinstats_conn_id = coinstats_conn_id
+        self.end_time = end_time
+        self.poll_interval = poll_interval
+        self.max_polls = max_polls
+        self.hook_params = hook_params or {}
+        self.started_at = started_at
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the keyword arguments to rebuild this trigger."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "portfolio_id": self.portfolio_id,
+                "coinstats_conn_id": self.coinstats_conn_id,
+                "end_time": self.end_time,
+                "poll_interval": self.poll_interval,
+                "max_polls": self.max_polls,
+                "hook_params": self.hook_params,
+                "started_at": self.started_at,
+            },
+        )
+
+    def _event(self, status: str, polls: int, message: str, **extra: Any) -> TriggerEvent:
+        return TriggerEvent(  # type: ignore[no-untyped-call]
+            {
+                "status": status,
+                "portfolio_id": self.portfolio_id,
+                "polls": polls,
+                "credits_spent": polls * POLL_COST,
+                "message": message,
+                **extra,
+            }
+        )
+
+    def _earlier_polls(self, now: float) -> int:
+        """Polls an earlier incarnation of this wait may have made (0 for the first one)."""
+        if self.started_at is None:
+            return 0
+        earlier = polls_possible(self.started_at, self.poll_interval, self.end_time, now)
+        return earlier if self.max_polls is None else min(earlier, self.max_polls)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until synced, the deadline, the poll budget or an error; yield one event."""
+        hook = CoinStatsHook(self.coinstats_conn_id, **self.hook_params)
+        earlier = self._earlier_polls(time.time())
+        polls = earlier
+        try:
+            if earlier:
+                self.log.info(
+                    "Resuming the wait for portfolio %s: counting %d status polls the wait may already have made",
+                    self.portfolio_id,
+                    earlier,
+                )
+            if self.started_at is not None and time.time() >= self.end_time:
+                # Rebuilt after the deadline: the deadline poll may have been made already.
+                yield self._event(
+                    "timeout",
+                    polls,
+                    f"Portfolio {self.portfolio_id} was still syncing at the deadline (the wait resumed after it).",
+                )
+                return
+            await hook.asettings()
+            meter = hook.credits
+            while True:
+                wait = min(self.poll_interval, max(0.0, self.end_time - time.time()))
+                await asyncio.sleep(wait)
+                if self.max_polls is not None and polls >= self.max_polls:
+                    yield self._event(
+                        "budget",
+                        polls,
+                        f"Portfolio {self.portfolio_id} was still syncing after {polls} status polls, and one "
+                        "more would exceed the credit budget.",
+                    )
+                    return
+                # At most one charged answer per poll, so polls_possible() bounds what this wait spent.
+                meter.budget = meter.spent + POLL_COST
+                status: SyncStatus | None
+                try:
+                    status = await hook.aget_portfolio_sync_status(self.portfolio_id)
+                except CoinStatsCreditBudgetExceeded:
+                    status = None
+                    self.log.warning(
+                        "CoinStats answered the status poll of portfolio %s with an unreadable body (charged); "
+                        "polling again in %g s",
+                        self.portfolio_id,
+                        self.poll_interval,
+                    )
+                polls = earlier + meter.calls[_STATUS_CALL]
+                if status is SyncStatus.SYNCED:
+                    yield self._event("success", polls, f"Portfolio {self.portfolio_id} is synced.")
+                    return
+                if time.time() >= self.end_time:
+                    yield self._event(
+                        "timeout",
+                        polls,
+                        f"Portfolio {self.portfolio_id} was still syncing at the deadline after {polls} status polls.",
+                    )
+                    return
+                self.log.info("Portfolio %s still syncing (poll %d)", self.portfolio_id, polls)
+        except CoinStatsError as err:
+            polls = earlier + (hook.credits.calls[_STATUS_CALL] if "credits" in hook.__dict__ else 0)
+            yield self._event("error", polls, str(err), retryable=err.retryable)
+        except AirflowNotFoundException:
+            message = f"The CoinStats connection '{self.coinstats_conn_id}' is not defined where the triggerer runs."
+            yield self._event("error", earlier, message, retryable=False)
+        except asyncio.CancelledError:
+            self.log.info("Stopped waiting for portfolio %s (trigger cancelled)", self.portfolio_id)
+            raise
