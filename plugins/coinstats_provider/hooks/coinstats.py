@@ -524,6 +524,14 @@ class CoinStatsHook(BaseHook):
         """Credits spent by this hook, with the configured budget."""
         return CreditMeter(self.settings.credit_budget)
 
+    @property
+    def credits_spent(self) -> int:
+        """Credits charged so far (earlier tries' carried over included); 0 before the first call.
+
+        Reading it never resolves the connection, so it is safe in ``finally`` blocks.
+        """
+        return self.credits.spent if "credits" in self.__dict__ else 0
+
     @cached_property
     def session(self) -> requests.Session:
         """One pooled session, built on first use."""
