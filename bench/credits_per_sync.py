@@ -284,6 +284,7 @@ def main() -> None:
         prepare_airflow_env(home)
         allow_direct_execute()
         from coinstats_provider.hooks import coinstats as hooks
+        from coinstats_provider.hooks import support_cache
 
         trace: list[tuple[float, str]] = []
         original = hooks.CoinStatsHook.aget_portfolio_sync_status
@@ -307,7 +308,7 @@ def main() -> None:
         ) as server:
             set_connection("coinstats_default", conn_type="coinstats", host=server.base_url, password=API_KEY)
             # start with no cached exchange list, in memory or on disk
-            hooks._SUPPORT_CACHE.clear()
+            support_cache.clear()
             shutil.rmtree(os.environ["COINSTATS_CACHE_DIR"], ignore_errors=True)
             for day in range(1, args.days + 1):
                 outcome = run_day(server.base_url, args.poll_interval, args.transactions, trace)

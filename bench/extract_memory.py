@@ -2,10 +2,10 @@
 
 Both jobs read every ``GET /portfolio/transactions`` page (limit 100, the API maximum) of one sandbox
 portfolio and upsert the rows into a fresh SQLite warehouse with the same transform and the same
-``CoinStatsWarehouse.upsert_transactions`` call, each in a fresh process (peak RSS = ``VmHWM``):
+``CoinStatsWarehouse.reconcile_transactions`` call, each in a fresh process (peak RSS = ``VmHWM``):
 
 * ``ours``: ``LoadPortfolioOperator(dataset="transactions").execute()``, i.e. the hook's page generator
-  -> ``transaction_rows`` -> ``upsert_transactions`` (pages are consumed while they arrive).
+  -> ``transaction_rows`` -> ``reconcile_transactions`` (pages are consumed while they arrive).
 * ``http``: ``airflow.providers.http`` ``HttpOperator`` with a ``pagination_function`` (page + 1 until a
   short page). The operator keeps every ``Response`` until the last page has arrived and then calls
   ``response_filter(responses)``; the filter decodes the pages one by one and streams them through the
@@ -59,7 +59,9 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
     allow_direct_execute()
     set_connection("coinstats_warehouse", conn_type="sqlite", host=str(db))
     from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import TRANSACTIONS_TABLE
     from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
+    from tests.helpers.warehouse import count_rows
 
     rows: int
     if variant == "ours":
@@ -96,9 +98,9 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
                 items = [item for r in responses for item in r.json()["data"]]
             else:
                 items = (item for r in responses for item in r.json()["data"])  # type: ignore[assignment]
-            return warehouse.upsert_transactions(
+            return warehouse.reconcile_transactions(
                 portfolio_id, transaction_rows(portfolio_id, items, TransactionKeyer())
-            )
+            ).total
 
         extract_transactions = HttpOperator(
             task_id="extract_transactions",
@@ -116,7 +118,7 @@ def child(variant: str, base_url: str, portfolio_id: str, db: Path, page_size: i
         seconds = time.perf_counter() - start
         pages = page_count[0]
     after = rss_mib()
-    stored = CoinStatsWarehouse("coinstats_warehouse").count_rows("coinstats_portfolio_transactions")
+    stored = count_rows(CoinStatsWarehouse("coinstats_warehouse"), TRANSACTIONS_TABLE)
     emit_result(
         {
             "variant": variant,

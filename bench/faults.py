@@ -191,7 +191,7 @@ def output_to(path: Path) -> Iterator[None]:
 
 def read_tables(path: Path) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
     """Every warehouse table of the SQLite file at ``path``: (columns without volatile ones, rows)."""
-    from coinstats_provider.warehouse.loader import TABLES
+    from coinstats_provider.warehouse.schema import TABLES
 
     out: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]] = {}
     if not path.exists():
@@ -212,7 +212,7 @@ def read_tables(path: Path) -> dict[str, tuple[tuple[str, ...], list[tuple[Any, 
 
 def compare_table(name: str, ref: list[tuple[Any, ...]], got: list[tuple[Any, ...]]) -> dict[str, Any]:
     """Rows of ``got`` against ``ref``, by the table's primary key and by full content."""
-    from coinstats_provider.warehouse.loader import TABLES
+    from coinstats_provider.warehouse.schema import TABLES
 
     spec = TABLES[name]
     columns = [c for c in spec.column_names if c not in VOLATILE]
@@ -294,11 +294,11 @@ def run_dag(
 
     ``fresh``: the sandbox forgets its portfolios and counters first, so every account is connected anew.
     """
-    from coinstats_provider.hooks import coinstats as hooks
+    from coinstats_provider.hooks import support_cache
 
     set_connection("coinstats_warehouse", conn_type="sqlite", host=str(warehouse))
     # Every run does the same work: the exchange list is fetched once per run (cold in-process and disk cache).
-    hooks._SUPPORT_CACHE.clear()
+    support_cache.clear()
     shutil.rmtree(os.environ["COINSTATS_CACHE_DIR"], ignore_errors=True)
     sandbox.update(faults=faults, fault_seed=seed, slow_seconds=args.slow_seconds, retry_after=None)
     if fresh:

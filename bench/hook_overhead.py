@@ -48,7 +48,8 @@ def _clients(base_url: str, path: str, params: dict[str, Any] | None) -> tuple[C
     """(hook_call, raw_call) bound to ``base_url``; each sends one GET and returns the decoded body."""
     import requests
 
-    from coinstats_provider.hooks.coinstats import USER_AGENT, CoinStatsHook
+    from coinstats_provider.hooks.coinstats import CoinStatsHook
+    from coinstats_provider.hooks.coinstats_base import USER_AGENT
 
     set_connection(CONN_ID, conn_type="coinstats", host=base_url, password=API_KEY)
     hook = CoinStatsHook(CONN_ID)

@@ -157,7 +157,7 @@ class Case:
         self.pids: list[str] = []
 
     def __enter__(self) -> Case:
-        from coinstats_provider.hooks import coinstats
+        from coinstats_provider.hooks import support_cache
         from coinstats_provider.warehouse.loader import CoinStatsWarehouse
 
         self.server.start()
@@ -165,7 +165,7 @@ class Case:
             "coinstats_default", conn_type="coinstats", host=self.server.base_url, password=shared.API_KEY
         )
         shared.set_connection("coinstats_warehouse", conn_type="sqlite", host=str(self.db))
-        coinstats._SUPPORT_CACHE.clear()
+        support_cache.clear()
         shutil.rmtree(os.environ["COINSTATS_CACHE_DIR"], ignore_errors=True)
         CoinStatsWarehouse().ensure_schema()
         return self
@@ -181,7 +181,8 @@ class Case:
 
     def mirror(self) -> tuple[int, int, int, int, int]:
         """Warehouse transactions vs the sandbox's current lists: stored, upstream, phantom, missing, stale."""
-        from coinstats_provider.warehouse.loader import TABLES, CoinStatsWarehouse
+        from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+        from coinstats_provider.warehouse.schema import TABLES
         from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
 
         cols = TABLES[TXNS].column_names
@@ -203,8 +204,9 @@ class Case:
         ok: bool = True, equal: bool = True, other: Any = None,
     ) -> None:  # fmt: skip
         """Run ``action`` and add its measured row; ``ok``/``equal``: the expected outcome and mirror."""
-        from coinstats_provider.operators.load import TABLES
         from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+        from coinstats_provider.warehouse.schema import DATASET_TABLES
+        from tests.helpers.warehouse import count_rows
 
         before, counts_before = self.server.stats(), Counter(self.counts)
         other_before = sum(other.stats()["requests"].values()) if other is not None else 0
@@ -234,7 +236,7 @@ class Case:
             if isinstance(results, list):
                 cells[4] = " / ".join(str(sum(r[k] for r in results)) for k in ("inserted", "updated", "removed"))
         elif dataset is not None:
-            count, per = CoinStatsWarehouse().count_rows(TABLES[dataset]), COINS if dataset == "coins" else 1
+            count, per = count_rows(CoinStatsWarehouse(), DATASET_TABLES[dataset]), COINS if dataset == "coins" else 1
             cells[0], expected = (
                 f"{dataset} {count} / {per * len(self.pids)}",
                 expected and count == per * len(self.pids),

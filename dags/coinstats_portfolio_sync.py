@@ -14,13 +14,15 @@ import os
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from airflow.sdk import DAG, Asset, Param, XComArg, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 
 from coinstats_provider import pipeline
-from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, failing_fast
-from coinstats_provider.operators.load import DATASETS, TABLES, LoadPortfolioOperator
+from coinstats_provider.operators._common import failing_fast
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
+from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
 
 DAG_ID = "coinstats_portfolio_sync"
 COINSTATS_CONN_ID = "coinstats_default"
@@ -31,7 +33,7 @@ POOL = os.environ.get("COINSTATS_POOL", "coinstats_api")
 # dozens of times per parse; draft-07's is a quarter of the cost of the default 2020-12 one.
 DRAFT_07: dict[str, Any] = {"$schema": "http://json-schema.org/draft-07/schema#"}
 # One Asset per warehouse table (SQLite or PostgreSQL), so downstream DAGs can be scheduled on the data.
-ASSETS = {name: Asset(name=table) for name, table in TABLES.items()}
+ASSETS = {dataset: Asset(name=table) for dataset, table in DATASET_TABLES.items()}
 
 with DAG(
     dag_id=DAG_ID,
@@ -97,7 +99,7 @@ with DAG(
             **DRAFT_07,
         ),
     },
-):
+) as dag:
 
     @task
     def resolve_accounts() -> list[str]:
@@ -148,16 +150,21 @@ with DAG(
         """Write coinstats_portfolios and plan each portfolio's share of the credit budget."""
         context = get_current_context()
         ti, params = context["ti"], context["params"]
-        indexes = list(range(len(portfolio_ids)))
+
+        def connect_result(index: int, key: str) -> Any:
+            return ti.xcom_pull(task_ids="connect_exchange_portfolio", key=key, map_indexes=index)
+
         with failing_fast("Registering the portfolios"):
             records = pipeline.register_portfolios(
                 WAREHOUSE_CONN_ID,
-                exchange_conn_ids,
-                portfolio_ids,
-                *(
-                    ti.xcom_pull(task_ids="connect_exchange_portfolio", key=key, map_indexes=indexes)
-                    for key in ("connection_id", "status", "credits_spent")
-                ),
+                [
+                    {
+                        "exchange_conn_id": conn_id,
+                        "portfolio_id": portfolio_id,
+                        **{key: connect_result(index, key) for key in ("connection_id", "status", "credits_spent")},
+                    }
+                    for index, (conn_id, portfolio_id) in enumerate(zip(exchange_conn_ids, portfolio_ids, strict=True))
+                ],
             )
             sync_budget, load_budget = pipeline.plan_budgets(
                 params["credit_budget"],
@@ -171,7 +178,6 @@ with DAG(
         return pipeline.portfolio_work(records, sync_budget, load_budget)
 
     registered = register_portfolios(accounts, connect.output)  # type: ignore[arg-type]
-    results: dict[str, Any] = {}
 
     @task_group(group_id="portfolio")
     def sync_and_load(portfolio_id: str, sync_budget: int | None, load_budget: int | None) -> None:
@@ -186,7 +192,6 @@ with DAG(
             deferrable="{{ params.deferrable }}",
             pool=POOL,
         )
-        results["sync"] = sync.output
         for dataset in DATASETS:
             load = LoadPortfolioOperator(
                 task_id=f"load_{dataset}",
@@ -199,10 +204,16 @@ with DAG(
                 outlets=[ASSETS[dataset]],
                 pool=POOL,
             )
-            results[dataset] = load.output
             sync >> load
 
     sync_and_load.expand_kwargs(registered)
+
+    def group_results(task_id: str) -> Any:  # an XComArg, typed as what the summary receives
+        """The return values of one task of the ``portfolio`` group over every portfolio.
+
+        :param task_id: The task's id inside the group.
+        """
+        return XComArg(dag.get_task(f"portfolio.{task_id}"))
 
     @task(trigger_rule="none_failed", multiple_outputs=False)
     def summary(syncs: list[Any], values: list[Any], coins: list[Any], transactions: list[Any]) -> dict[str, Any]:
@@ -213,4 +224,9 @@ with DAG(
         print(pipeline.format_summary(result))
         return result
 
-    summary(results["sync"], results["value"], results["coins"], results["transactions"])
+    summary(
+        group_results("sync"),
+        group_results("load_value"),
+        group_results("load_coins"),
+        group_results("load_transactions"),
+    )

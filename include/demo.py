@@ -21,12 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".airflow" / "demo"
 SANDBOX_PORT = int(os.environ.get("COINSTATS_SANDBOX_PORT", "8765"))
 DAG_ID = "coinstats_portfolio_sync"
-TABLES = (
-    "coinstats_portfolios",
-    "coinstats_portfolio_values",
-    "coinstats_portfolio_coins",
-    "coinstats_portfolio_transactions",
-)
 
 os.environ.update(
     {
@@ -110,10 +104,17 @@ def latest_summary() -> dict[str, Any]:
     return value
 
 
+def compared_tables() -> tuple[str, ...]:
+    """The tables compared between the runs: the portfolios and every dataset's table."""
+    from coinstats_provider.warehouse.schema import DATASET_TABLES, PORTFOLIOS_TABLE
+
+    return (PORTFOLIOS_TABLE, *DATASET_TABLES.values())
+
+
 def warehouse_state() -> dict[str, list[tuple[Any, ...]]]:
-    """Every warehouse table without its load timestamps."""
-    from coinstats_provider.warehouse.loader import TABLES as SPECS
+    """Every compared table without its load timestamps."""
     from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import TABLES
     from include.load_settings import parse_settings
 
     # Outside a task, connections resolve from the environment, not the metadata DB.
@@ -121,7 +122,10 @@ def warehouse_state() -> dict[str, list[tuple[Any, ...]]]:
     os.environ["AIRFLOW_CONN_COINSTATS_WAREHOUSE"] = json.dumps(fields)
     warehouse = CoinStatsWarehouse("coinstats_warehouse")
     volatile = ("loaded_at", "updated_at", "last_connect_status")
-    return {t: warehouse.fetch_table(t, exclude=[c for c, _ in SPECS[t].columns if c in volatile]) for t in TABLES}
+    return {
+        t: warehouse.fetch_table(t, exclude=[c for c in TABLES[t].column_names if c in volatile])
+        for t in compared_tables()
+    }
 
 
 def main() -> int:
@@ -158,7 +162,7 @@ def main() -> int:
         sandbox.terminate()
         sandbox.wait(timeout=10)
     identical = states[0] == states[1]
-    for table in TABLES:
+    for table in compared_tables():
         if states[0][table] != states[1][table]:
             changed = len(set(states[0][table]) ^ set(states[1][table]))
             print(f"{table} differs between the runs ({changed} rows differ)")

@@ -18,6 +18,9 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+# Operator-level tests wait in the triggerer unless they say otherwise ([operators] default_deferrable
+# is false in Airflow's shipped config; tests/unit/operators/test_sync.py covers that default too).
+os.environ["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] = "True"
 AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
 
 import logging  # noqa: E402
@@ -68,12 +71,12 @@ def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any)
 
 @pytest.fixture(autouse=True)
 def _isolated_support_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from coinstats_provider.hooks import coinstats as hooks
+    from coinstats_provider.hooks import support_cache
 
     monkeypatch.setenv("COINSTATS_CACHE_DIR", str(tmp_path / "cache"))
-    hooks._SUPPORT_CACHE.clear()
+    support_cache.clear()
     yield
-    hooks._SUPPORT_CACHE.clear()
+    support_cache.clear()
 
 
 @pytest.fixture

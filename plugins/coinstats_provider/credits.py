@@ -8,12 +8,11 @@ from typing import Any
 
 from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded
 
-#: Credits per request, by (method, path). ``/usage/credits`` has no stated cost and is treated as free.
+#: Credits per request the hook sends, by (method, path) (CONTRACT §4.5). ``/usage/credits`` has no stated
+#: cost and is treated as free.
 CREDIT_COSTS: Mapping[tuple[str, str], int] = {
     ("GET", "/exchange/support"): 1,
     ("POST", "/portfolio/exchange"): 10,
-    ("GET", "/exchange/status"): 3,
-    ("PATCH", "/exchange/sync"): 20,
     ("GET", "/portfolio/status"): 3,
     ("PATCH", "/portfolio/sync"): 30,
     ("GET", "/portfolio/value"): 10,

@@ -167,8 +167,12 @@ class CoinStatsServerError(CoinStatsAPIError):
     retryable = True
 
 
-class CoinStatsSyncTimeout(CoinStatsError):
-    """A portfolio sync did not reach ``synced`` before its deadline."""
+class CoinStatsSyncTimeoutError(CoinStatsError, AirflowFailException):
+    """A portfolio sync did not reach ``synced`` before its deadline.
+
+    Also an ``AirflowFailException``: Airflow does not retry the task; the fix is a longer sync timeout or
+    a look at the account in CoinStats.
+    """
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -1,19 +1,53 @@
-"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point.
+
+The ``conn-fields`` bounds and defaults of the ``coinstats`` connection are the ones the hook enforces
+(``coinstats_provider.hooks.connection``); ``tests/unit/test_provider_info.py`` keeps the two equal.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from coinstats_provider import __version__
+from coinstats_provider import DISTRIBUTION_NAME, __version__
+
+INTEGRATION = "CoinStats"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Return the provider info dict (connection types with their UI form, extra links, versions)."""
+    """Return the provider info dict (integration, modules, connection types with their UI form, extra links)."""
     return {
-        "package-name": "airflow-provider-coinstats",
+        "package-name": DISTRIBUTION_NAME,
         "name": "CoinStats",
         "description": "Connect exchange accounts to CoinStats portfolios, sync them and load them into SQL.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://openapi.coinstats.app",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "coinstats_provider.hooks.coinstats_base",
+                    "coinstats_provider.hooks.coinstats",
+                    "coinstats_provider.hooks.exchange",
+                ],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "coinstats_provider.operators.connect",
+                    "coinstats_provider.operators.sync",
+                    "coinstats_provider.operators.load",
+                ],
+            }
+        ],
+        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["coinstats_provider.triggers.sync"]}],
         "extra-links": ["coinstats_provider.links.portfolio.CoinStatsPortfolioLink"],
         "connection-types": [
             {
@@ -33,17 +67,32 @@ def get_provider_info() -> dict[str, Any]:
                     "timeout": {
                         "label": "Request timeout (seconds)",
                         "description": "Timeout of every HTTP request.",
-                        "schema": {"type": ["number", "null"], "minimum": 1, "default": 30},
+                        "schema": {"type": ["number", "null"], "minimum": 0.001, "maximum": 3600, "default": 30},
                     },
                     "max_retries": {
                         "label": "Max retries",
                         "description": "Retries per request on 429, 5xx, timeouts and connection errors.",
                         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 5},
                     },
+                    "backoff_base": {
+                        "label": "Backoff base (seconds)",
+                        "description": "Base of the retry delay; doubles per retry (with jitter) up to the cap.",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 3600, "default": 1},
+                    },
+                    "backoff_max": {
+                        "label": "Backoff cap (seconds)",
+                        "description": "Longest wait between two tries, a Retry-After answer included.",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 86400, "default": 60},
+                    },
                     "credit_budget": {
                         "label": "Credit budget per task",
                         "description": "Fail before a call that would spend more CoinStats credits than this.",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 1_000_000_000_000},
+                    },
+                    "support_cache_ttl": {
+                        "label": "Exchange list cache (seconds)",
+                        "description": "How long GET /exchange/support is cached in memory and on disk; 0 disables.",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 2_592_000, "default": 3600},
                     },
                 },
             },

@@ -10,27 +10,47 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
-from coinstats_provider.credits import credit_cost
+from coinstats_provider.credits import (
+    COINS_PAGE_COST,
+    CONNECT_COST,
+    POLL_COST,
+    SUPPORT_COST,
+    SYNC_COST,
+    TRANSACTIONS_PAGE_COST,
+    VALUE_COST,
+)
 from coinstats_provider.exceptions import CoinStatsConfigError
-from coinstats_provider.operators.sync import SYNC_COST
-from coinstats_provider.triggers.sync import POLL_COST
 from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+from coinstats_provider.warehouse.schema import DATASET_TABLES
 
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
-CONNECT_COST = credit_cost("POST", "/portfolio/exchange")
-SUPPORT_COST = credit_cost("GET", "/exchange/support")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 #: The least a portfolio can cost after connecting: sync, one poll, value, one page of coins and of
 #: transactions.
-MIN_CREDITS_PER_PORTFOLIO = (
-    SYNC_COST
-    + POLL_COST
-    + credit_cost("GET", "/portfolio/value")
-    + credit_cost("GET", "/portfolio/coins")
-    + credit_cost("GET", "/portfolio/transactions")
-)
+MIN_CREDITS_PER_PORTFOLIO = SYNC_COST + POLL_COST + VALUE_COST + COINS_PAGE_COST + TRANSACTIONS_PAGE_COST
+
+
+class AccountRecord(TypedDict):
+    """One connected exchange account, as :func:`register_portfolios` returns it.
+
+    :param exchange_conn_id: The ``coinstats_exchange`` connection.
+    :param portfolio_id: The CoinStats portfolio it is connected to.
+    :param connection_id: The CoinStats exchange id.
+    :param status: ``connected`` or ``existing``.
+    :param credits_spent: Credits its connect task spent.
+    """
+
+    exchange_conn_id: str
+    portfolio_id: str
+    connection_id: str
+    status: str
+    credits_spent: int
+
+
+#: Keys an account record must carry (``credits_spent`` may be missing or ``None``: 0).
+_ACCOUNT_KEYS = ("exchange_conn_id", "portfolio_id", "connection_id", "status")
 
 
 def min_credits_per_portfolio(datasets: int) -> int:
@@ -40,8 +60,8 @@ def min_credits_per_portfolio(datasets: int) -> int:
     """
     if not datasets:
         return SYNC_COST + POLL_COST
-    dearest = credit_cost("GET", "/portfolio/value")
-    return max(MIN_CREDITS_PER_PORTFOLIO, SYNC_COST + POLL_COST + datasets * dearest)
+    # The value call is the dearest single call a load task must be able to afford.
+    return max(MIN_CREDITS_PER_PORTFOLIO, SYNC_COST + POLL_COST + datasets * VALUE_COST)
 
 
 def resolve_accounts(param_value: Any, read_variable: Callable[[], str | None]) -> list[str]:
@@ -160,59 +180,46 @@ def plan_budgets(
     return sync_budget, load_budget
 
 
-def register_portfolios(
-    warehouse_conn_id: str,
-    exchange_conn_ids: Sequence[str],
-    portfolio_ids: Sequence[str],
-    connection_ids: Sequence[str],
-    statuses: Sequence[str],
-    connect_credits: Sequence[int],
-) -> list[dict[str, Any]]:
-    """Write ``coinstats_portfolios`` (one transaction per row, upsert) and return one record per account.
+def register_portfolios(warehouse_conn_id: str, accounts: Iterable[Mapping[str, Any]]) -> list[AccountRecord]:
+    """Write one portfolio row per account (one transaction each, upsert) and return the account records.
+
+    Every record is checked before anything is written.
 
     :param warehouse_conn_id: SQL connection of the warehouse.
-    :param exchange_conn_ids: Exchange connection per mapped connect task, in map order.
-    :param portfolio_ids: portfolioId per connect task.
-    :param connection_ids: CoinStats exchange id per connect task.
-    :param statuses: ``connected`` / ``existing`` per connect task.
-    :param connect_credits: Credits spent per connect task.
+    :param accounts: One record per connect task, in map order: ``exchange_conn_id``, ``portfolio_id``,
+        ``connection_id``, ``status`` and ``credits_spent`` (``None`` or missing counts as 0).
+    :raises ValueError: When a record lacks one of those keys (nothing is written).
     """
-    if not len(exchange_conn_ids) == len(portfolio_ids) == len(connection_ids) == len(statuses) >= len(connect_credits):
-        raise ValueError("connect results do not line up with the exchange connections")
+    records = [_account_record(index, account) for index, account in enumerate(accounts)]
     warehouse = CoinStatsWarehouse(warehouse_conn_id)
     warehouse.ensure_schema()
-    records = []
-    for conn_id, pid, exchange, status, credits in zip(
-        exchange_conn_ids,
-        portfolio_ids,
-        connection_ids,
-        statuses,
-        _padded(connect_credits, len(portfolio_ids)),
-        strict=True,
-    ):
+    for record in records:
         warehouse.upsert_portfolio(
             {
-                "portfolio_id": pid,
-                "connection_id": exchange,
-                "exchange_conn_id": conn_id,
+                "portfolio_id": record["portfolio_id"],
+                "connection_id": record["connection_id"],
+                "exchange_conn_id": record["exchange_conn_id"],
                 "portfolio_name": None,
-                "last_connect_status": status,
-            }
-        )
-        records.append(
-            {
-                "exchange_conn_id": conn_id,
-                "portfolio_id": pid,
-                "connection_id": exchange,
-                "status": status,
-                "credits_spent": credits,
+                "last_connect_status": record["status"],
             }
         )
     return records
 
 
-def _padded(values: Sequence[int], length: int) -> list[int]:
-    return [int(v or 0) for v in values] + [0] * (length - len(values))
+def _account_record(index: int, account: Mapping[str, Any]) -> AccountRecord:
+    missing = [key for key in _ACCOUNT_KEYS if account.get(key) in (None, "")]
+    if missing:
+        raise ValueError(
+            f"account record #{index} has no {', '.join(missing)}; each connect result needs "
+            f"{', '.join(_ACCOUNT_KEYS)}. Nothing was written."
+        )
+    return {
+        "exchange_conn_id": account["exchange_conn_id"],
+        "portfolio_id": account["portfolio_id"],
+        "connection_id": account["connection_id"],
+        "status": account["status"],
+        "credits_spent": int(account.get("credits_spent") or 0),
+    }
 
 
 def portfolio_work(
@@ -304,12 +311,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """
     lines = [f"{'portfolio':<26} {'status':<10} {'value':>6} {'coins':>6} {'txns':>7} {'credits':>8}  accounts"]
     for entry in summary["portfolios"]:
-        rows = entry["rows"]
+        value, coins, txns = (entry["rows"].get(DATASET_TABLES[d], 0) for d in ("value", "coins", "transactions"))
         lines.append(
-            f"{entry['portfolio_id']:<26} {entry['status']:<10} "
-            f"{rows.get('coinstats_portfolio_values', 0):>6} {rows.get('coinstats_portfolio_coins', 0):>6} "
-            f"{rows.get('coinstats_portfolio_transactions', 0):>7} {entry['credits_spent']:>8}  "
-            f"{', '.join(entry['exchange_conn_ids'])}"
+            f"{entry['portfolio_id']:<26} {entry['status']:<10} {value:>6} {coins:>6} {txns:>7} "
+            f"{entry['credits_spent']:>8}  {', '.join(entry['exchange_conn_ids'])}"
         )
     for entry in summary["portfolios"]:
         changes = entry.get("transactions")

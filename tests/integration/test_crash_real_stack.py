@@ -31,7 +31,7 @@ import psutil
 import psycopg2
 import pytest
 
-from coinstats_provider.warehouse.loader import TABLES
+from coinstats_provider.warehouse.schema import TABLES
 from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
 from include.coinstats_sandbox import data
 from tests.helpers.airflow_stack import DAG_ID, AirflowStack, wait_until

@@ -106,8 +106,8 @@ def states(dag_run: Any) -> dict[str, list[str]]:
 
 
 def warehouse_tables() -> dict[str, list[tuple[Any, ...]]]:
-    from coinstats_provider.warehouse.loader import TABLES as SPECS
     from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import TABLES as SPECS
 
     warehouse = CoinStatsWarehouse()
     return {t: warehouse.fetch_table(t, exclude=[c for c, _ in SPECS[t].columns if c in VOLATILE]) for t in TABLES}

@@ -86,7 +86,7 @@ def stored(pid: str) -> list[tuple[Any, ...]]:
 
 
 def wh_columns() -> list[str]:
-    from coinstats_provider.warehouse.loader import TABLES
+    from coinstats_provider.warehouse.schema import TABLES
 
     return [c for c in TABLES[TXNS].column_names if c != "loaded_at"]
 

@@ -60,9 +60,10 @@ from coinstats_provider.exceptions import (
     CoinStatsTruncatedAnswerError,
     is_retryable,
 )
-from coinstats_provider.hooks import coinstats as hooks
+from coinstats_provider.hooks import support_cache
 from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, failing_fast
+from coinstats_provider.operators._common import failing_fast
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
@@ -158,7 +159,7 @@ class Env:
         self.extra: dict[str, Any] = {}
         self.replacements: dict[str, str] = {}
         monkeypatch.setenv("COINSTATS_CACHE_DIR", str(tmp / "cache"))
-        hooks._SUPPORT_CACHE.clear()
+        support_cache.clear()
         set_connection(monkeypatch, "coinstats_warehouse", conn_type="sqlite", host=str(self.warehouse_path))
         self.coinstats()
         self.exchange("ex_binance")
@@ -1245,7 +1246,7 @@ def case_env() -> Iterator[Env]:
     """An :class:`Env` outside pytest (for :func:`main`)."""
     with pytest.MonkeyPatch.context() as monkeypatch, tempfile.TemporaryDirectory() as tmp:
         yield Env(monkeypatch, Path(tmp))
-    hooks._SUPPORT_CACHE.clear()
+    support_cache.clear()
 
 
 # -- the tests -------------------------------------------------------------------------------------

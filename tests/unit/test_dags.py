@@ -12,7 +12,7 @@ import pytest
 import requests
 import responses
 
-from coinstats_provider.operators.load import DATASETS, TABLES
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
 from tests.conftest import BASE_URL, CANARIES, ROOT, SUPPORT, assert_no_canary
 
 DAGS = ROOT / "dags"
@@ -120,9 +120,16 @@ def test_main_dag_shape_pool_and_assets() -> None:
     calling = ["connect_exchange_portfolio", "portfolio.sync", *(f"portfolio.load_{d}" for d in DATASETS)]
     for task_id in calling:
         assert dag.get_task(task_id).pool == "coinstats_api", task_id
-    for dataset, table in TABLES.items():
+    for dataset, table in DATASET_TABLES.items():
         outlets = dag.get_task(f"portfolio.load_{dataset}").outlets
         assert [asset.name for asset in outlets] == [table]
+    # The summary reads the sync and load results of the mapped group through explicit references.
+    loads = {f"portfolio.load_{d}" for d in DATASETS}
+    assert dag.get_task("summary").upstream_task_ids == {"portfolio.sync", *loads}
+    assert dag.get_task("summary").trigger_rule == "none_failed"
+    for task_id in loads:
+        assert dag.get_task(task_id).upstream_task_ids == {"portfolio.sync", "register_portfolios"}
+    assert dag.get_task("register_portfolios").upstream_task_ids == {"resolve_accounts", "connect_exchange_portfolio"}
     # The follow-up conf reads resolve_accounts' XCom "remaining": it must run after it, or it would skip.
     assert "resolve_accounts" in dag.get_task("remaining_accounts_conf").upstream_task_ids
     assert dag.get_task("continue_with_remaining_accounts").upstream_task_ids == {"remaining_accounts_conf"}

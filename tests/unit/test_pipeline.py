@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import sqlite3
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 
 from coinstats_provider import pipeline
+from coinstats_provider.credits import POLL_COST, SYNC_COST
 from coinstats_provider.exceptions import CoinStatsConfigError
-from coinstats_provider.operators.sync import SYNC_COST
 from coinstats_provider.pipeline import (
     ACCOUNTS_VARIABLE,
     MIN_CREDITS_PER_PORTFOLIO,
@@ -26,7 +27,6 @@ from coinstats_provider.pipeline import (
     split_batch,
     summarize,
 )
-from coinstats_provider.triggers.sync import POLL_COST
 from tests.conftest import set_connection
 
 VALUES = "coinstats_portfolio_values"
@@ -149,6 +149,9 @@ def test_no_portfolios() -> None:
 
 def test_minimum_credits_per_portfolio() -> None:
     assert MIN_CREDITS_PER_PORTFOLIO == 30 + 3 + 10 + 8 + 4
+    assert min_credits_per_portfolio(3) == 30 + 3 + 3 * 10
+    # The run-level steps read the cost constants instead of pricing made-up requests.
+    assert "credit_cost(" not in inspect.getsource(pipeline)
 
 
 @pytest.mark.parametrize(
@@ -255,14 +258,24 @@ def portfolio_rows(path: Path) -> list[tuple[Any, ...]]:
         db.close()
 
 
+def connected(conn_id: str, pid: str, exchange: str, status: str, credits: int | None) -> dict[str, Any]:
+    """One account record as the DAG's register_portfolios task builds it from the connect XComs."""
+    return {
+        "exchange_conn_id": conn_id,
+        "portfolio_id": pid,
+        "connection_id": exchange,
+        "status": status,
+        "credits_spent": credits,
+    }
+
+
 def test_register_portfolios_writes_rows_and_returns_records(warehouse: Path) -> None:
     records = register_portfolios(
         "coinstats_warehouse",
-        ["ex_binance", "ex_okx"],
-        ["pf-b", "pf-o"],
-        ["binance", "okx"],
-        ["connected", "existing"],
-        [11, None],  # type: ignore[list-item]  # a skipped XCom arrives as None
+        [
+            connected("ex_binance", "pf-b", "binance", "connected", 11),
+            connected("ex_okx", "pf-o", "okx", "existing", None),  # a skipped XCom arrives as None
+        ],
     )
 
     assert records == [
@@ -287,34 +300,37 @@ def test_register_portfolios_writes_rows_and_returns_records(warehouse: Path) ->
     ]
 
 
-def test_register_portfolios_pads_missing_credits_and_upserts(warehouse: Path) -> None:
-    register_portfolios("coinstats_warehouse", ["ex_a"], ["pf-a"], ["binance"], ["connected"], [11])
+def test_register_portfolios_counts_missing_credits_as_zero_and_upserts(warehouse: Path) -> None:
+    register_portfolios("coinstats_warehouse", [connected("ex_a", "pf-a", "binance", "connected", 11)])
+    record = connected("ex_a", "pf-a", "binance", "existing", None)
+    del record["credits_spent"]
 
-    records = register_portfolios("coinstats_warehouse", ["ex_a"], ["pf-a"], ["binance"], ["existing"], [])
+    records = register_portfolios("coinstats_warehouse", (r for r in [record]))
 
     assert records[0]["credits_spent"] == 0
     assert portfolio_rows(warehouse) == [("pf-a", "binance", "ex_a", None, "existing")]
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        (["ex_a", "ex_b"], ["pf-a"], ["binance", "okx"], ["connected", "connected"], [11, 11]),
-        (["ex_a"], ["pf-a"], [], ["connected"], [11]),
-        (["ex_a"], ["pf-a"], ["binance"], ["connected", "existing"], [11]),
-    ],
-    ids=["portfolio-ids", "connection-ids", "statuses"],
-)
-def test_register_portfolios_rejects_misaligned_inputs(warehouse: Path, args: tuple[list[Any], ...]) -> None:
-    with pytest.raises(ValueError):
-        register_portfolios("coinstats_warehouse", *args)
+def test_register_portfolios_of_no_accounts_writes_nothing(warehouse: Path) -> None:
+    assert register_portfolios("coinstats_warehouse", []) == []
+    assert portfolio_rows(warehouse) == []
+
+
+@pytest.mark.parametrize("key", ["exchange_conn_id", "portfolio_id", "connection_id", "status"])
+def test_register_portfolios_rejects_an_incomplete_record_before_writing(warehouse: Path, key: str) -> None:
+    complete = connected("ex_a", "pf-a", "binance", "connected", 11)
+    incomplete = connected("ex_b", "pf-b", "okx", "connected", 11)
+    del incomplete[key]
+
+    with pytest.raises(ValueError, match=rf"account record #1 has no {key};.*Nothing was written"):
+        register_portfolios("coinstats_warehouse", [complete, incomplete])
 
     assert not warehouse.exists() or portfolio_rows(warehouse) == []
 
 
-def test_register_portfolios_rejects_more_credits_than_portfolios(warehouse: Path) -> None:
-    with pytest.raises(ValueError):
-        register_portfolios("coinstats_warehouse", ["ex_a"], ["pf-a"], ["binance"], ["connected"], [11, 11])
+def test_register_portfolios_rejects_an_empty_portfolio_id(warehouse: Path) -> None:
+    with pytest.raises(ValueError, match=r"account record #0 has no portfolio_id"):
+        register_portfolios("coinstats_warehouse", [connected("ex_a", "", "binance", "connected", 11)])
 
 
 # -- portfolio_work --------------------------------------------------------------------------------

@@ -1,15 +1,26 @@
-"""The installed distribution registers the provider: connection types, UI form fields, extra link."""
+"""The installed distribution registers the provider: modules, connection types, UI form fields, extra link."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.metadata
 import json
+import math
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+from airflow.sdk import BaseHook, BaseOperator, Connection
+from airflow.triggers.base import BaseTrigger
+
+from coinstats_provider.exceptions import CoinStatsConfigError
 from coinstats_provider.get_provider_info import get_provider_info
 from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.hooks.connection import ClientSettings, settings_from_connection
 from coinstats_provider.hooks.exchange import CoinStatsExchangeHook
 
 
@@ -49,7 +60,8 @@ def test_airflow_discovers_the_provider() -> None:
         "print(json.dumps({'hooks': {k: p.hooks[k].hook_class_name for k in ('coinstats', 'coinstats_exchange')},"
         "'widgets': sorted(k for k in p.connection_form_widgets if 'coinstats' in k),"
         "'behaviour': p.field_behaviours.get('coinstats'),"
-        "'providers': sorted(p.providers), 'links': sorted(p.extra_links_class_names)}))"
+        "'providers': sorted(p.providers), 'links': sorted(p.extra_links_class_names),"
+        "'triggers': sorted(t.trigger_class_name for t in p.trigger if 'coinstats' in t.package_name)}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
@@ -62,3 +74,94 @@ def test_airflow_discovers_the_provider() -> None:
     assert found["behaviour"]["relabeling"]["password"] == "CoinStats API key"
     assert "airflow-provider-coinstats" in found["providers"]
     assert "coinstats_provider.links.portfolio.CoinStatsPortfolioLink" in found["links"]
+    assert found["triggers"] == ["coinstats_provider.triggers.sync"]
+
+
+def coinstats_conn_fields() -> dict[str, Any]:
+    """The ``conn-fields`` form of the ``coinstats`` connection type."""
+    (entry,) = (c for c in get_provider_info()["connection-types"] if c["connection-type"] == "coinstats")
+    fields: dict[str, Any] = entry["conn-fields"]
+    return fields
+
+
+def resolve(extra: dict[str, Any]) -> ClientSettings:
+    """Resolve a ``coinstats`` connection with ``extra`` the way the hook does.
+
+    :param extra: The connection extra.
+    """
+    conn = Connection(conn_id="form_check", conn_type="coinstats", password="key", extra=json.dumps(extra))
+    return settings_from_connection(conn)
+
+
+def test_form_lists_every_extra_the_hook_reads() -> None:
+    extras = {f.name for f in dataclasses.fields(ClientSettings)} - {"conn_id", "base_url", "api_key"}
+    assert set(coinstats_conn_fields()) == extras
+
+
+def test_form_defaults_equal_the_hooks_defaults() -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(ClientSettings)}
+    resolved = resolve({})
+    for name, field in coinstats_conn_fields().items():
+        shown = field["schema"].get("default")
+        assert shown == defaults[name] == getattr(resolved, name), name
+
+
+@pytest.mark.parametrize("name", sorted(coinstats_conn_fields()))
+def test_form_bounds_equal_the_bounds_the_hook_enforces(name: str) -> None:
+    """The form's minimum and maximum are accepted by the hook; the nearest values outside are rejected."""
+    schema = coinstats_conn_fields()[name]["schema"]
+    low, high = schema["minimum"], schema["maximum"]
+    integer = "integer" in schema["type"]
+    below = low - 1 if integer else math.nextafter(low, -math.inf)
+    above = high + 1 if integer else math.nextafter(high, math.inf)
+
+    assert getattr(resolve({name: low}), name) == low
+    assert getattr(resolve({name: high}), name) == high
+    for outside in (below, above):
+        with pytest.raises(CoinStatsConfigError, match=f"'{name}'"):
+            resolve({name: outside})
+
+
+def declared_modules(section: str) -> set[str]:
+    """Modules a ``hooks``/``operators``/``triggers`` section of the provider info declares.
+
+    :param section: The section name.
+    """
+    return {module for item in get_provider_info()[section] for module in item["python-modules"]}
+
+
+@pytest.mark.parametrize(
+    ("section", "package", "base"),
+    [
+        ("hooks", "coinstats_provider.hooks", BaseHook),
+        ("operators", "coinstats_provider.operators", BaseOperator),
+        ("triggers", "coinstats_provider.triggers", BaseTrigger),
+    ],
+)
+def test_declared_modules_are_exactly_those_defining_the_classes(section: str, package: str, base: type) -> None:
+    defining: set[str] = set()
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__, f"{package}."):
+        module = importlib.import_module(info.name)
+        if any(
+            isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
+            for value in vars(module).values()
+        ):
+            defining.add(module.__name__)
+    assert defining
+    assert declared_modules(section) == defining
+
+
+def test_triggers_name_a_declared_integration() -> None:
+    info = get_provider_info()
+    integrations = {i["integration-name"] for i in info["integrations"]}
+    assert info["triggers"] == [
+        {"integration-name": "CoinStats", "python-modules": ["coinstats_provider.triggers.sync"]}
+    ]
+    for section in ("hooks", "operators", "triggers"):
+        assert {item["integration-name"] for item in info[section]} <= integrations
+
+
+def test_readme_documents_every_extra_of_the_form() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (row,) = (line for line in readme.splitlines() if line.startswith("| `coinstats_default` |"))
+    assert [name for name in coinstats_conn_fields() if f"`{name}`" not in row] == []

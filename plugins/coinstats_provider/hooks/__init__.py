@@ -1,4 +1,8 @@
-"""Hooks: the CoinStats API client (``coinstats``) and exchange-account connections (``exchange``)."""
+"""Hooks: the CoinStats API client and exchange-account connections.
+
+``coinstats`` (endpoints) on ``coinstats_base`` (transport), with ``connection`` (settings), ``errors``
+(answer to typed exception), ``attempt``, ``support_cache`` and ``paging``; ``exchange`` reads exchange accounts.
+"""
 
 from __future__ import annotations
 

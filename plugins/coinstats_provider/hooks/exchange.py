@@ -15,7 +15,9 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsError, CoinStatsValidationError
-from coinstats_provider.hooks.coinstats import CoinStatsHook, parse_extra, redact
+from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.hooks.connection import parse_extra
+from coinstats_provider.hooks.errors import redact
 from coinstats_provider.models import SupportedExchange
 
 #: Extra keys that configure the account rather than being exchange credential fields.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -12,8 +14,18 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coinstats_provider.exceptions import CoinStatsError, CoinStatsListChangedError
 from coinstats_provider.hooks.coinstats import DEFAULT_PAGE_SIZE, CoinStatsHook
-from coinstats_provider.operators.connect import fail_fast, failing_fast, meter_across_tries
+from coinstats_provider.operators._common import (
+    PORTFOLIO_MAP_INDEX_TEMPLATE,
+    fail_fast,
+    failing_fast,
+    log_credits_spent,
+    meter_across_tries,
+    parse_credit_budget,
+    push_credits_spent,
+    with_map_index_template,
+)
 from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
 from coinstats_provider.warehouse.transform import (
     InvalidItemError,
     TransactionKeyer,
@@ -26,12 +38,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import Logger
 
-DATASETS = ("value", "coins", "transactions")
-TABLES: dict[str, str] = {
-    "value": "coinstats_portfolio_values",
-    "coins": "coinstats_portfolio_coins",
-    "transactions": "coinstats_portfolio_transactions",
-}
+#: Dataset -> the table it loads (the warehouse schema's map).
+TABLES = DATASET_TABLES
 PROGRESS_EVERY_PAGES = 10
 #: Reads of one stream again, within one try, after CoinStats' list changed between page reads.
 MAX_STREAM_RESTARTS = 2
@@ -78,6 +86,46 @@ def snapshot_date(context: Context, log: Logger | None = None, *, now: dt.dateti
             scheduled,
         )
     return fetched
+
+
+def selected_datasets(value: Any, task_id: str) -> frozenset[str] | None:
+    """Read the ``datasets`` a run selected; ``None`` selects every dataset.
+
+    Accepts a list, tuple or set of dataset names (the DAG renders its Param as a native list), its text
+    as a JSON or Python list (a template rendered to text), or dataset names separated by commas.
+
+    :param value: The rendered ``datasets`` argument.
+    :param task_id: The task, for the message.
+    :raises AirflowFailException: Anything else, or an unknown dataset name (retrying cannot help).
+    """
+    if value is None:
+        return None
+    names: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        names = _list_text(text) if text.startswith("[") else [part.strip() for part in text.split(",")]
+    if not isinstance(names, list | tuple | set | frozenset) or not all(isinstance(name, str) for name in names):
+        names = None
+    unknown = sorted(set(names or ()) - set(DATASETS))
+    if names is None or unknown:
+        cause = f"unknown dataset '{unknown[0]}'" if unknown else f"cannot read {str(value)[:60]!r}"
+        raise AirflowFailException(
+            f"Task {task_id}: datasets: {cause}. Give a list of dataset names from {', '.join(DATASETS)} "
+            "(or one name); fix the task's datasets argument or the DAG's datasets Param."
+        )
+    return frozenset(names)
+
+
+def _list_text(text: str) -> Any:
+    """A list written as JSON or as a Python literal (``None`` when it is neither)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
 
 
 class LoadPortfolioOperator(BaseOperator):
@@ -133,8 +181,7 @@ class LoadPortfolioOperator(BaseOperator):
         max_stream_restarts: int = MAX_STREAM_RESTARTS,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
-        super().__init__(**kwargs)
+        super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
         self.portfolio_id = portfolio_id
         self.dataset = dataset
         self.datasets = datasets
@@ -152,16 +199,12 @@ class LoadPortfolioOperator(BaseOperator):
     @cached_property
     def hook(self) -> CoinStatsHook:
         """The CoinStats hook, limited to this task's credit budget."""
-        budget = None if self.credit_budget in (None, "", "None") else int(float(str(self.credit_budget)))
+        budget = parse_credit_budget(self.credit_budget, self.task_id)
         return CoinStatsHook(self.coinstats_conn_id, credit_budget=budget, **self.hook_params)
 
     def _selected(self) -> bool:
-        if self.datasets is None:
-            return True
-        chosen = self.datasets
-        if isinstance(chosen, str):
-            chosen = [part.strip(" '\"[]") for part in chosen.split(",")]
-        return self.dataset in set(chosen)
+        chosen = selected_datasets(self.datasets, self.task_id)
+        return chosen is None or self.dataset in chosen
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Extract and load; log progress and credits; return a small summary."""
@@ -188,10 +231,9 @@ class LoadPortfolioOperator(BaseOperator):
                 "that item in CoinStats (or report the API response), then rerun."
             ) from None
         finally:
-            if "hook" in self.__dict__ and "settings" in self.hook.__dict__:
-                spent = self.hook.credits.spent
-                context["ti"].xcom_push(key="credits_spent", value=spent)
-                self.log.info("CoinStats credits spent by this task: %d", spent)
+            # The meter exists here: meter_across_tries() read the connection before the load began.
+            push_credits_spent(context, self.hook.credits_spent)
+            log_credits_spent(self.log, self.hook.credits_spent)
         table = TABLES[self.dataset]
         self.log.info(
             "Loaded %d %s rows of portfolio %s into %s (snapshot %s)", rows, self.dataset, self.portfolio_id, table, day
@@ -248,12 +290,10 @@ class LoadPortfolioOperator(BaseOperator):
         pid = self.portfolio_id
         if self.dataset == "value":
             value = self.hook.get_portfolio_value(pid, currency=self.currency)
-            return warehouse.replace_snapshot(
-                "coinstats_portfolio_values", pid, day, [value_row(pid, day, self.currency, value)]
-            )
+            return warehouse.replace_snapshot(TABLES["value"], pid, day, [value_row(pid, day, self.currency, value)])
         if self.dataset == "coins":
             items = self._items(self.hook.iter_portfolio_coins(pid, page_size=self.page_size))
-            return warehouse.replace_snapshot("coinstats_portfolio_coins", pid, day, coin_rows(pid, day, items))
+            return warehouse.replace_snapshot(TABLES["coins"], pid, day, coin_rows(pid, day, items))
         pages = self.hook.iter_portfolio_transactions(pid, currency=self.currency, page_size=self.page_size)
         rows = transaction_rows(pid, self._items(pages), TransactionKeyer())
         self._reconciled = warehouse.reconcile_transactions(pid, rows)

@@ -7,38 +7,38 @@ import math
 import time
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from coinstats_provider.credits import POLL_COST, SYNC_COST, CreditMeter
-from coinstats_provider.exceptions import CoinStatsError, CoinStatsSyncTimeout
+from coinstats_provider.credits import POLL_COST, SYNC_COST
+from coinstats_provider.exceptions import CoinStatsError, CoinStatsSyncTimeoutError
 from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.models import SyncStatus
-from coinstats_provider.operators.connect import fail_fast
-from coinstats_provider.triggers.sync import EVENT_STATUSES, PortfolioSyncTrigger, polls_possible
+from coinstats_provider.hooks.sync_wait import polls_possible, wait_for_sync
+from coinstats_provider.operators._common import (
+    PORTFOLIO_MAP_INDEX_TEMPLATE,
+    as_bool,
+    fail_fast,
+    log_credits_spent,
+    parse_credit_budget,
+    push_credits_spent,
+    with_map_index_template,
+)
+from coinstats_provider.triggers.sync import EVENT_STATUSES, PortfolioSyncTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-__all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "as_bool", "defer_timeout"]
+    from coinstats_provider.credits import CreditMeter
+
+__all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "defer_timeout"]
 
 #: Task state store key: the sync this task instance started (``portfolio_id``, ``deadline``), the credits
 #: all its tries spent (``credits``) and, while deferred, the wait in the triggerer (``wait``).
 STATE_KEY = "coinstats_sync"
 #: Least time Airflow waits for the trigger beyond the sync deadline before it fails the deferred task.
 DEFER_MARGIN = 300.0
-
-
-def as_bool(value: Any) -> bool:
-    """Read a templated boolean (``True``, ``"true"``, ``"False"``, ``0``...).
-
-    :param value: The rendered value.
-    """
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def defer_timeout(end_time: float, now: float) -> dt.timedelta:
@@ -55,13 +55,20 @@ def defer_timeout(end_time: float, now: float) -> dt.timedelta:
     return dt.timedelta(seconds=left + max(DEFER_MARGIN, 0.1 * left))
 
 
+def _max_polls(meter: CreditMeter) -> int | None:
+    """Status polls the credits left under the meter's budget pay for; ``None`` without a budget."""
+    remaining = meter.remaining
+    return None if remaining is None else max(0, remaining // POLL_COST)
+
+
 class SyncPortfolioOperator(BaseOperator):
     """Trigger ``PATCH /portfolio/sync?portfolioId=...`` (30 credits) and wait until ``synced``.
 
     Deferrable by default: the wait runs in :class:`PortfolioSyncTrigger` with its own deadline, so no
     worker slot (and no pool slot) is held. ``deferrable=False`` polls on the worker for setups without a
-    triggerer. Returns ``{"portfolio_id", "polls", "credits_spent"}``; ``credits_spent`` (also an XCom key)
-    covers every try of the task instance.
+    triggerer, with the same poll policy (:mod:`coinstats_provider.hooks.sync_wait`). Returns
+    ``{"portfolio_id", "polls", "credits_spent"}``; ``credits_spent`` (also an XCom key) covers every try
+    of the task instance.
 
     A retry does not start a second sync while the first one is within its deadline: the sync started
     is kept in Airflow's task state store, and the retry waits for it (same deadline) instead of paying
@@ -80,7 +87,8 @@ class SyncPortfolioOperator(BaseOperator):
     :param sync_timeout: Seconds to wait for ``synced`` before failing.
     :param poll_interval: Seconds between status polls (each costs 3 credits).
     :param credit_budget: Credits this task may spend (sync plus polls); ``None`` for no limit.
-    :param deferrable: Wait in the triggerer (default) or on the worker.
+    :param deferrable: Wait in the triggerer or on the worker; by default ``[operators] default_deferrable``
+        (like Airflow's own providers), so deployments without a triggerer are not left waiting.
     :param hook_params: JSON-serialisable keyword arguments for :class:`CoinStatsHook`.
     """
 
@@ -102,18 +110,19 @@ class SyncPortfolioOperator(BaseOperator):
         sync_timeout: float | str = 1800,
         poll_interval: float | str = 30,
         credit_budget: int | str | None = None,
-        deferrable: bool | str = True,
+        deferrable: bool | str | None = None,
         hook_params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("map_index_template", "{{ task.portfolio_id }}")
-        super().__init__(**kwargs)
+        super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
         self.portfolio_id = portfolio_id
         self.coinstats_conn_id = coinstats_conn_id
         self.sync_timeout = sync_timeout
         self.poll_interval = poll_interval
         self.credit_budget = credit_budget
-        self.deferrable = deferrable
+        self.deferrable = (
+            conf.getboolean("operators", "default_deferrable", fallback=True) if deferrable is None else deferrable
+        )
         self.hook_params = hook_params or {}
 
     @cached_property
@@ -122,7 +131,7 @@ class SyncPortfolioOperator(BaseOperator):
         return CoinStatsHook(self.coinstats_conn_id, credit_budget=self._budget(), **self.hook_params)
 
     def _budget(self) -> int | None:
-        return None if self.credit_budget in (None, "", "None") else int(float(str(self.credit_budget)))
+        return parse_credit_budget(self.credit_budget, self.task_id)
 
     def _numbers(self) -> tuple[float, float]:
         try:
@@ -146,18 +155,7 @@ class SyncPortfolioOperator(BaseOperator):
         timeout, interval = self._numbers()
         state = self._read_state(context) or {"portfolio_id": None, "deadline": None, "credits": 0}
         if "wait" in state:
-            # An earlier try deferred and never resumed (deferral timeout, lost worker): count the polls
-            # its trigger may have made, then forget that wait.
-            polls = self._unfinished_wait_polls(state.pop("wait"))
-            state["credits"] += polls * POLL_COST
-            self.log.warning(
-                "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; counting the "
-                "%d status polls (%d credits) that trigger may have made",
-                self.portfolio_id,
-                polls,
-                polls * POLL_COST,
-            )
-            self._save_state(context, state)
+            self._count_unfinished_wait(context, state)
         reuse = state["portfolio_id"] == self.portfolio_id and time.time() < (state["deadline"] or 0.0)
         if reuse:
             self.log.info(
@@ -168,6 +166,34 @@ class SyncPortfolioOperator(BaseOperator):
             )
         else:
             state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout, "credits": state["credits"]}
+        meter = self._start_sync(context, state, reuse)
+        state = {**state, "credits": meter.spent}
+        self._save_state(context, state)
+        push_credits_spent(context, meter.spent)
+        end_time = float(state["deadline"])
+        if as_bool(self.deferrable):
+            self._defer_wait(context, state, _max_polls(meter), end_time, interval)
+        return self._poll_on_worker(context, state, meter, end_time, interval)
+
+    def _count_unfinished_wait(self, context: Context, state: dict[str, Any]) -> None:
+        """Count the polls of a wait that never resumed into ``state``, then forget that wait.
+
+        An earlier try deferred and never came back (deferral timeout, lost worker); its trigger may
+        have polled until then.
+        """
+        polls = self._unfinished_wait_polls(state.pop("wait"))
+        state["credits"] += polls * POLL_COST
+        self.log.warning(
+            "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; counting the "
+            "%d status polls (%d credits) that trigger may have made",
+            self.portfolio_id,
+            polls,
+            polls * POLL_COST,
+        )
+        self._save_state(context, state)
+
+    def _start_sync(self, context: Context, state: dict[str, Any], reuse: bool) -> CreditMeter:
+        """Carry the credits of earlier tries over into the hook's meter and, unless ``reuse``, start the sync."""
         step = f"{'Waiting for' if reuse else 'Starting'} the sync of portfolio {self.portfolio_id}"
         try:
             meter = self.hook.credits  # reads the connection: its errors are reported below too
@@ -184,31 +210,29 @@ class SyncPortfolioOperator(BaseOperator):
                 self.log.info("Started CoinStats sync of portfolio %s (%d credits)", self.portfolio_id, cost)
         except CoinStatsError as err:
             raise fail_fast(err, step) from err
-        state = {**state, "credits": meter.spent}
-        self._save_state(context, state)
-        context["ti"].xcom_push(key="credits_spent", value=meter.spent)
-        end_time = float(state["deadline"])
-        if as_bool(self.deferrable):
-            now = time.time()
-            remaining = meter.remaining
-            max_polls = None if remaining is None else max(0, remaining // POLL_COST)
-            wait = {"started_at": now, "poll_interval": interval, "end_time": end_time, "max_polls": max_polls}
-            self._save_state(context, {**state, "wait": wait})
-            self.defer(
-                trigger=PortfolioSyncTrigger(
-                    portfolio_id=self.portfolio_id,
-                    coinstats_conn_id=self.coinstats_conn_id,
-                    end_time=end_time,
-                    poll_interval=interval,
-                    max_polls=max_polls,
-                    hook_params=self.hook_params,
-                    started_at=now,
-                ),
-                method_name="execute_complete",
-                # The trigger reports the deadline itself; this only fires when no triggerer runs it.
-                timeout=defer_timeout(end_time, now),
-            )
-        return self._poll_on_worker(context, state, meter, end_time, interval)
+        return meter
+
+    def _defer_wait(
+        self, context: Context, state: dict[str, Any], max_polls: int | None, end_time: float, interval: float
+    ) -> NoReturn:
+        """Record the wait in the task state, then defer to :class:`PortfolioSyncTrigger` (raises ``TaskDeferred``)."""
+        now = time.time()
+        wait = {"started_at": now, "poll_interval": interval, "end_time": end_time, "max_polls": max_polls}
+        self._save_state(context, {**state, "wait": wait})
+        self.defer(
+            trigger=PortfolioSyncTrigger(
+                portfolio_id=self.portfolio_id,
+                coinstats_conn_id=self.coinstats_conn_id,
+                end_time=end_time,
+                poll_interval=interval,
+                max_polls=max_polls,
+                hook_params=self.hook_params,
+                started_at=now,
+            ),
+            method_name="execute_complete",
+            # The trigger reports the deadline itself; this only fires when no triggerer runs it.
+            timeout=defer_timeout(end_time, now),
+        )
 
     def _read_state(self, context: Context) -> dict[str, Any] | None:
         """This task instance's sync state from Airflow's task state store, or ``None`` without one.
@@ -250,23 +274,20 @@ class SyncPortfolioOperator(BaseOperator):
     def _poll_on_worker(
         self, context: Context, state: dict[str, Any], meter: CreditMeter, end_time: float, interval: float
     ) -> dict[str, Any]:
+        """Wait for the sync on this worker (:func:`wait_for_sync`, the trigger's poll policy), then finish."""
         before = meter.spent
-        remaining = meter.remaining
-        max_polls = None if remaining is None else max(0, remaining // POLL_COST)
-        polls = 0
         try:
-            while True:
-                time.sleep(min(interval, max(0.0, end_time - time.time())))
-                if max_polls is not None and polls >= max_polls:
-                    return self._finish(context, {"status": "budget", "polls": polls, "message": ""}, state, before)
-                status = self.hook.get_portfolio_sync_status(self.portfolio_id)
-                polls = meter.calls["GET /portfolio/status"]  # charged answers, retries included
-                if status is SyncStatus.SYNCED:
-                    return self._finish(context, {"status": "success", "polls": polls, "message": ""}, state, before)
-                if time.time() >= end_time:
-                    return self._finish(context, {"status": "timeout", "polls": polls, "message": ""}, state, before)
+            result = wait_for_sync(
+                self.hook,
+                self.portfolio_id,
+                deadline=end_time,
+                poll_interval=interval,
+                max_polls=_max_polls(meter),
+                log=self.log,
+            )
         except CoinStatsError as err:
             raise fail_fast(err, f"Waiting for the sync of portfolio {self.portfolio_id}") from err
+        return self._finish(context, {"status": result.status, "polls": result.polls, "message": ""}, state, before)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
         """Validate the trigger event and finish: return the summary, or fail with a clear message.
@@ -291,23 +312,17 @@ class SyncPortfolioOperator(BaseOperator):
             # The wait is over: its polls are in the total now, so a later try does not estimate them again.
             done = {key: value for key, value in state.items() if key != "wait"}
             self._save_state(context, {**done, "credits": spent})
-        context["ti"].xcom_push(key="credits_spent", value=spent)
-        self.log.info(
-            "CoinStats credits spent by this task: %d (%d before this wait + %d status polls)", spent, before, polls
-        )
+        push_credits_spent(context, spent)
+        log_credits_spent(self.log, spent, " (%d before this wait + %d status polls)", before, polls)
         status = event["status"]
         if status == "success":
             self.log.info("Portfolio %s is synced after %d status polls", self.portfolio_id, polls)
             return {"portfolio_id": self.portfolio_id, "polls": polls, "credits_spent": spent}
         if status == "timeout":
-            raise AirflowFailException(
-                str(
-                    CoinStatsSyncTimeout(
-                        f"CoinStats sync of portfolio {self.portfolio_id} did not finish within "
-                        f"{float(self.sync_timeout):g} s ({polls} status poll{'' if polls == 1 else 's'}). "
-                        "Raise the sync timeout (Param sync_timeout_minutes) or check the account in CoinStats."
-                    )
-                )
+            raise CoinStatsSyncTimeoutError(
+                f"CoinStats sync of portfolio {self.portfolio_id} did not finish within "
+                f"{float(self.sync_timeout):g} s ({polls} status poll{'' if polls == 1 else 's'}). "
+                "Raise the sync timeout (Param sync_timeout_minutes) or check the account in CoinStats."
             )
         if status == "budget":
             raise AirflowFailException(

@@ -11,33 +11,14 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from coinstats_provider.credits import POLL_COST
-from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded, CoinStatsError
+from coinstats_provider.exceptions import CoinStatsError
 from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.models import SyncStatus
+from coinstats_provider.hooks.sync_wait import Action, SyncWaitResult, await_sync, polls_possible
 
-__all__ = ["EVENT_STATUSES", "POLL_COST", "PortfolioSyncTrigger", "polls_possible"]
+__all__ = ["EVENT_STATUSES", "POLL_COST", "PortfolioSyncTrigger"]
 
 #: Event statuses the trigger can yield; the operator rejects anything else.
 EVENT_STATUSES = frozenset({"success", "timeout", "budget", "error"})
-_STATUS_CALL = "GET /portfolio/status"
-
-
-def polls_possible(started_at: float, poll_interval: float, end_time: float, now: float) -> int:
-    """The most status polls a wait that started at ``started_at`` can have made by ``now``.
-
-    A wait polls at most once per ``poll_interval`` (the first one interval after it started), plus one
-    poll at the deadline; a trigger rebuilt after the deadline does not poll again. So this bounds the
-    polls of every incarnation of one wait together, however often the triggerer restarted.
-
-    :param started_at: Epoch seconds the wait (the deferral) started.
-    :param poll_interval: Seconds between polls.
-    :param end_time: Epoch seconds of the deadline.
-    :param now: Epoch seconds now.
-    """
-    if now <= started_at:
-        return 0
-    before_deadline = max(0, int((min(now, end_time) - started_at) // poll_interval))
-    return before_deadline + (1 if now >= end_time else 0)
 
 
 class PortfolioSyncTrigger(BaseTrigger):
@@ -55,7 +36,8 @@ class PortfolioSyncTrigger(BaseTrigger):
     made. Every poll may be charged once only (a 2xx answer with an unreadable body is not re-sent at
     once; the next poll comes one interval later), so that bound holds and the wait as a whole never
     polls more than ``max_polls`` times. A trigger rebuilt after the deadline reports ``timeout`` without
-    polling. Without ``started_at`` (kwargs of an older version) the count starts at 0.
+    polling. Without ``started_at`` (kwargs of an older version) the count starts at 0. The loop is
+    :func:`~coinstats_provider.hooks.sync_wait.await_sync`, the poll policy the worker-side wait shares.
 
     :param portfolio_id: The portfolio being synced.
     :param coinstats_conn_id: CoinStats connection.
@@ -120,11 +102,29 @@ class PortfolioSyncTrigger(BaseTrigger):
         earlier = polls_possible(self.started_at, self.poll_interval, self.end_time, now)
         return earlier if self.max_polls is None else min(earlier, self.max_polls)
 
+    def _outcome_event(self, result: SyncWaitResult) -> TriggerEvent:
+        """The event for how :func:`await_sync` ended."""
+        pid, polls = self.portfolio_id, result.polls
+        if result.outcome is Action.SUCCESS:
+            return self._event("success", polls, f"Portfolio {pid} is synced.")
+        if result.outcome is Action.BUDGET:
+            message = (
+                f"Portfolio {pid} was still syncing after {polls} status polls, and one more would exceed the "
+                "credit budget."
+            )
+            return self._event("budget", polls, message)
+        if result.new_polls == 0:  # a wait rebuilt after the deadline: the deadline poll may have been made
+            return self._event(
+                "timeout", polls, f"Portfolio {pid} was still syncing at the deadline (the wait resumed after it)."
+            )
+        return self._event(
+            "timeout", polls, f"Portfolio {pid} was still syncing at the deadline after {polls} status polls."
+        )
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until synced, the deadline, the poll budget or an error; yield one event."""
         hook = CoinStatsHook(self.coinstats_conn_id, **self.hook_params)
         earlier = self._earlier_polls(time.time())
-        polls = earlier
         try:
             if earlier:
                 self.log.info(
@@ -132,54 +132,20 @@ class PortfolioSyncTrigger(BaseTrigger):
                     self.portfolio_id,
                     earlier,
                 )
-            if self.started_at is not None and time.time() >= self.end_time:
-                # Rebuilt after the deadline: the deadline poll may have been made already.
-                yield self._event(
-                    "timeout",
-                    polls,
-                    f"Portfolio {self.portfolio_id} was still syncing at the deadline (the wait resumed after it).",
-                )
-                return
-            await hook.asettings()
-            meter = hook.credits
-            while True:
-                wait = min(self.poll_interval, max(0.0, self.end_time - time.time()))
-                await asyncio.sleep(wait)
-                if self.max_polls is not None and polls >= self.max_polls:
-                    yield self._event(
-                        "budget",
-                        polls,
-                        f"Portfolio {self.portfolio_id} was still syncing after {polls} status polls, and one "
-                        "more would exceed the credit budget.",
-                    )
-                    return
-                # At most one charged answer per poll, so polls_possible() bounds what this wait spent.
-                meter.budget = meter.spent + POLL_COST
-                status: SyncStatus | None
-                try:
-                    status = await hook.aget_portfolio_sync_status(self.portfolio_id)
-                except CoinStatsCreditBudgetExceeded:
-                    status = None
-                    self.log.warning(
-                        "CoinStats answered the status poll of portfolio %s with an unreadable body (charged); "
-                        "polling again in %g s",
-                        self.portfolio_id,
-                        self.poll_interval,
-                    )
-                polls = earlier + meter.calls[_STATUS_CALL]
-                if status is SyncStatus.SYNCED:
-                    yield self._event("success", polls, f"Portfolio {self.portfolio_id} is synced.")
-                    return
-                if time.time() >= self.end_time:
-                    yield self._event(
-                        "timeout",
-                        polls,
-                        f"Portfolio {self.portfolio_id} was still syncing at the deadline after {polls} status polls.",
-                    )
-                    return
-                self.log.info("Portfolio %s still syncing (poll %d)", self.portfolio_id, polls)
+            result = await await_sync(
+                hook,
+                self.portfolio_id,
+                deadline=self.end_time,
+                poll_interval=self.poll_interval,
+                max_polls=self.max_polls,
+                earlier_polls=earlier,
+                resumed=self.started_at is not None,
+                log=self.log,
+            )
+            yield self._outcome_event(result)
         except CoinStatsError as err:
-            polls = earlier + (hook.credits.calls[_STATUS_CALL] if "credits" in hook.__dict__ else 0)
+            # This hook only polls the status: its charged answers are the polls this incarnation made.
+            polls = earlier + hook.credits_spent // POLL_COST
             yield self._event("error", polls, str(err), retryable=err.retryable)
         except AirflowNotFoundException:
             message = f"The CoinStats connection '{self.coinstats_conn_id}' is not defined where the triggerer runs."

@@ -10,11 +10,11 @@ import requests
 import responses
 
 from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsValidationError
-from coinstats_provider.hooks.coinstats import _parse_support
 from coinstats_provider.hooks.exchange import CoinStatsExchangeHook, ExchangeAccount
+from coinstats_provider.hooks.support_cache import parse_support
 from tests.conftest import BASE_URL, CANARIES, SUPPORT, assert_no_canary, set_connection
 
-SUPPORTED = _parse_support(SUPPORT)
+SUPPORTED = parse_support(SUPPORT)
 SUPPORT_URL = BASE_URL + "/exchange/support"
 
 

@@ -24,15 +24,19 @@ from responses import matchers
 from coinstats_provider import credits
 from coinstats_provider.credits import POLL_COST, SYNC_COST, CreditMeter
 from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded, CoinStatsServerError
+from coinstats_provider.hooks import sync_wait
 from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.hooks.sync_wait import polls_possible
+from coinstats_provider.operators import _common
 from coinstats_provider.operators import connect as operators
 from coinstats_provider.operators import load as load_operator
 from coinstats_provider.operators import sync as sync_operator
-from coinstats_provider.operators.connect import CREDITS_STATE_KEY, ConnectExchangePortfolioOperator
+from coinstats_provider.operators._common import CREDITS_STATE_KEY
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import STATE_KEY, SyncPortfolioOperator, defer_timeout
 from coinstats_provider.triggers import sync as triggers
-from coinstats_provider.triggers.sync import PortfolioSyncTrigger, polls_possible
+from coinstats_provider.triggers.sync import PortfolioSyncTrigger
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import BASE_URL, CANARIES, SUPPORT, assert_no_canary, set_connection
 
@@ -117,7 +121,7 @@ def test_costs_come_from_one_table() -> None:
     # The operators and the trigger use these constants instead of pricing made-up requests.
     assert sync_operator.SYNC_COST is SYNC_COST
     assert triggers.POLL_COST is POLL_COST
-    for module in (sync_operator, triggers, operators, load_operator):
+    for module in (sync_operator, triggers, operators, load_operator, _common, sync_wait):
         assert "credit_cost(" not in inspect.getsource(module), module.__name__
 
 
@@ -211,7 +215,7 @@ def register_sync(rsps: responses.RequestsMock) -> None:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of the sync operator: ``sleep`` advances ``time`` instantly."""
+    """Stands in for the ``time`` module of the sync operator and its wait loop: ``sleep`` advances ``time``."""
 
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -227,6 +231,7 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(sync_operator, "time", fake)
+    monkeypatch.setattr(sync_wait, "time", fake)  # the worker-side wait loop
     return fake
 
 

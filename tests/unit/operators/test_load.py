@@ -270,6 +270,43 @@ def test_selected_dataset_runs(
     assert run(dataset="value", datasets=datasets)["rows"] == 1
 
 
+@pytest.mark.parametrize("datasets", [{"value"}, frozenset({"coins", "value"}), ("coins", "value"), " value "])
+def test_selection_accepts_sets_tuples_and_one_name(
+    coinstats_conn: Any, warehouse: Path, rsps: responses.RequestsMock, datasets: Any
+) -> None:
+    rsps.get(VALUE_URL, json=VALUE)
+
+    assert run(dataset="value", datasets=datasets)["rows"] == 1
+
+
+@pytest.mark.parametrize(
+    ("datasets", "cause"),
+    [
+        ("[value, coins", "cannot read '[value, coins'"),  # before: hand-stripped into "value" and loaded
+        (["value", "prices"], "unknown dataset 'prices'"),  # before: the typo went unnoticed
+        ("value; coins", "unknown dataset 'value; coins'"),
+        (["value", 3], "cannot read \"['value', 3]\""),
+        ({"value": True}, "cannot read \"{'value': True}\""),
+        (5, "cannot read '5'"),
+    ],
+)
+def test_unreadable_selection_fails_naming_the_cause_and_the_fix(
+    coinstats_conn: Any, warehouse: Path, rsps: responses.RequestsMock, datasets: Any, cause: str
+) -> None:
+    ti = FakeTI()
+
+    with pytest.raises(AirflowFailException) as info:
+        run(ti, dataset="value", datasets=datasets)
+
+    message = str(info.value)
+    assert f"Task load_value: datasets: {cause}." in message
+    assert "Give a list of dataset names from value, coins, transactions" in message
+    assert "the DAG's datasets Param" in message
+    assert len(rsps.calls) == 0
+    assert ti.pushed == []
+    assert not warehouse.exists()
+
+
 def test_rendered_datasets_param_selects(coinstats_conn: Any, warehouse: Path, rsps: responses.RequestsMock) -> None:
     """The DAG passes ``"{{ params.datasets }}"``, which renders a list to its Python text."""
     rsps.get(VALUE_URL, json=VALUE)

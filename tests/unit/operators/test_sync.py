@@ -14,9 +14,11 @@ import responses
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from responses import matchers
 
-from coinstats_provider.exceptions import CoinStatsServerError
+from coinstats_provider.exceptions import CoinStatsError, CoinStatsServerError, CoinStatsSyncTimeoutError
+from coinstats_provider.hooks import sync_wait
 from coinstats_provider.operators import sync as sync_operator
-from coinstats_provider.operators.sync import SYNC_COST, SyncPortfolioOperator, as_bool
+from coinstats_provider.operators._common import as_bool
+from coinstats_provider.operators.sync import SYNC_COST, SyncPortfolioOperator
 from coinstats_provider.triggers.sync import POLL_COST, PortfolioSyncTrigger
 from tests.conftest import BASE_URL, CANARIES, assert_no_canary
 
@@ -38,7 +40,7 @@ class FakeTI:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of the operator: ``sleep`` advances ``time`` instantly."""
+    """Stands in for the ``time`` module of the operator and its wait loop: ``sleep`` advances ``time``."""
 
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -62,6 +64,7 @@ def rsps() -> Iterator[responses.RequestsMock]:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(sync_operator, "time", fake)
+    monkeypatch.setattr(sync_wait, "time", fake)  # the worker-side wait loop
     return fake
 
 
@@ -345,6 +348,32 @@ def test_timeout_event_fails_naming_the_timeout_and_the_fix() -> None:
     assert ti.pushed == [("credits_spent", 30 + 60 * 3)]
 
 
+@pytest.mark.parametrize("where", ["triggerer", "worker"])
+def test_timeout_raises_the_provider_timeout_error_directly(
+    coinstats_conn: Any, rsps: responses.RequestsMock, clock: FakeClock, where: str
+) -> None:
+    register_sync(rsps)
+    register_statuses(rsps, SYNCING)
+
+    def finish() -> Any:
+        if where == "triggerer":
+            return make_operator(sync_timeout=60).execute_complete(context(FakeTI()), {"status": "timeout", "polls": 1})
+        # On the worker: polls at 30 s and at the 60 s deadline.
+        return make_operator(deferrable=False, poll_interval=30, sync_timeout=60).execute(context(FakeTI()))
+
+    with pytest.raises(CoinStatsSyncTimeoutError) as info:
+        finish()
+
+    # Both a provider error and a fail-fast one (no Airflow retry); before, a plain AirflowFailException.
+    assert isinstance(info.value, CoinStatsError)
+    assert isinstance(info.value, AirflowFailException)
+    polls = "1 status poll" if where == "triggerer" else "2 status polls"
+    assert str(info.value) == (
+        f"CoinStats sync of portfolio {PID} did not finish within 60 s ({polls}). "
+        "Raise the sync timeout (Param sync_timeout_minutes) or check the account in CoinStats."
+    )
+
+
 def test_budget_event_fails() -> None:
     ti = FakeTI()
 
@@ -534,3 +563,13 @@ def test_on_kill_logs(logs: pytest.LogCaptureFixture) -> None:
     make_operator().on_kill()
 
     assert "CoinStats finishes that sync on its own" in logs.text
+
+
+@pytest.mark.parametrize(("configured", "expected"), [("False", False), ("True", True)])
+def test_deferrable_defaults_to_airflows_default_deferrable(
+    monkeypatch: pytest.MonkeyPatch, configured: str, expected: bool
+) -> None:
+    """Like Airflow's providers: without a triggerer (default_deferrable false) the wait runs on the worker."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", configured)
+    assert SyncPortfolioOperator(task_id="sync", portfolio_id=PID).deferrable is expected
+    assert SyncPortfolioOperator(task_id="sync", portfolio_id=PID, deferrable=True).deferrable is True

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from coinstats_provider.hooks import sync_wait
 from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.triggers import sync as triggers
 from coinstats_provider.triggers.sync import EVENT_STATUSES, POLL_COST, PortfolioSyncTrigger
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import CANARIES, assert_no_canary, set_connection
@@ -91,7 +91,7 @@ def only_event(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def fake_asyncio(monkeypatch: pytest.MonkeyPatch, on_sleep: Callable[[float], None]) -> list[float]:
-    """Replace the trigger module's ``asyncio`` so its sleeps are recorded (and do not wait)."""
+    """Replace the ``asyncio`` of the trigger's wait loop so its sleeps are recorded (and do not wait)."""
     delays: list[float] = []
     real_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -100,7 +100,7 @@ def fake_asyncio(monkeypatch: pytest.MonkeyPatch, on_sleep: Callable[[float], No
         on_sleep(delay)
         await real_sleep(0)
 
-    monkeypatch.setattr(triggers, "asyncio", SimpleNamespace(sleep=sleep, CancelledError=asyncio.CancelledError))
+    monkeypatch.setattr(sync_wait, "asyncio", SimpleNamespace(sleep=sleep, CancelledError=asyncio.CancelledError))
     return delays
 
 

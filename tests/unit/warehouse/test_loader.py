@@ -18,9 +18,11 @@ from typing import Any, Final
 
 import pytest
 
-from coinstats_provider.warehouse.loader import TABLES, CoinStatsWarehouse
+from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+from coinstats_provider.warehouse.schema import TABLES
 from coinstats_provider.warehouse.transform import TransactionKeyer, coin_rows, transaction_rows, value_row
 from tests.helpers.postgres_server import PostgresServer
+from tests.helpers.warehouse import count_rows, staged_batches
 
 ROOT = Path(__file__).resolve().parents[3]
 PORTFOLIO = "pf-main"
@@ -162,7 +164,7 @@ def test_backend_is_detected_from_the_connection(backend: Backend, wh: CoinStats
 
 def test_ensure_schema_is_idempotent_and_keeps_data(wh: CoinStatsWarehouse) -> None:
     for table in TABLES:
-        assert wh.count_rows(table) == 0
+        assert count_rows(wh, table) == 0
         assert wh.fetch_table(table) == []
     wh.replace_snapshot(COINS, PORTFOLIO, DAY, snapshot_rows(3))
     wh.ensure_schema()
@@ -186,7 +188,7 @@ def test_replace_snapshot_twice_gives_identical_table(wh: CoinStatsWarehouse) ->
     first = content(wh, COINS)
     assert wh.replace_snapshot(COINS, PORTFOLIO, DAY, snapshot_rows(n)) == n
     assert content(wh, COINS) == first == expected(COINS, [*snapshot_rows(n), *untouched])
-    assert wh.count_rows(COINS, PORTFOLIO) == n + 5
+    assert count_rows(wh, COINS, PORTFOLIO) == n + 5
 
     # a smaller snapshot really replaces: coins that disappeared are gone, other keys untouched
     assert wh.replace_snapshot(COINS, PORTFOLIO, DAY, snapshot_rows(10, version=2)) == 10
@@ -207,23 +209,23 @@ def test_replace_value_snapshot(wh: CoinStatsWarehouse) -> None:
 # -- transactions ---------------------------------------------------------------------------------
 
 
-def test_upsert_transactions_is_exactly_once(wh: CoinStatsWarehouse) -> None:
+def test_reconcile_transactions_is_exactly_once(wh: CoinStatsWarehouse) -> None:
     n = 4 * BATCH + 3
-    assert wh.upsert_transactions(PORTFOLIO, txn_rows(n)) == n
+    assert wh.reconcile_transactions(PORTFOLIO, txn_rows(n)).total == n
     first = content(wh, TXNS)
     assert first == expected(TXNS, txn_rows(n))
     assert len({row[1] for row in first}) == n  # twins kept as distinct rows
 
-    assert wh.upsert_transactions(PORTFOLIO, txn_rows(n)) == n  # rerun: no duplicates, nothing lost
+    assert wh.reconcile_transactions(PORTFOLIO, txn_rows(n)).total == n  # rerun: no duplicates, nothing lost
     assert content(wh, TXNS) == first
 
     # a later run sees repriced market fields and 12 new transactions: same keys, refreshed values
-    assert wh.upsert_transactions(PORTFOLIO, txn_rows(n + 12, version=2)) == n + 12
+    assert wh.reconcile_transactions(PORTFOLIO, txn_rows(n + 12, version=2)).total == n + 12
     later = content(wh, TXNS)
     assert later == expected(TXNS, txn_rows(n + 12, version=2))
     assert {row[1] for row in first} < {row[1] for row in later}
-    assert wh.count_rows(TXNS, PORTFOLIO) == n + 12
-    assert wh.count_rows(TXNS, OTHER) == 0
+    assert count_rows(wh, TXNS, PORTFOLIO) == n + 12
+    assert count_rows(wh, TXNS, OTHER) == 0
 
 
 def test_upsert_portfolio_updates_only_given_columns(wh: CoinStatsWarehouse) -> None:
@@ -257,16 +259,11 @@ def test_failure_mid_stream_rolls_back(wh: CoinStatsWarehouse) -> None:
     before = {t: wh.fetch_table(t) for t in (COINS, TXNS)}  # loaded_at included: nothing may change
 
     batches: list[int] = []
-    with pytest.raises(RuntimeError, match="mid-stream"):
-        wh.replace_snapshot(
-            COINS,
-            PORTFOLIO,
-            DAY,
-            failing(snapshot_rows(500, version=2), 3 * BATCH // 2),
-            on_batch=batches.append,
-        )
-    with pytest.raises(RuntimeError, match="mid-stream"):
-        wh.reconcile_transactions(PORTFOLIO, failing(txn_rows(500, version=2), 3 * BATCH // 2), on_batch=batches.append)
+    with staged_batches(wh, batches.append):
+        with pytest.raises(RuntimeError, match="mid-stream"):
+            wh.replace_snapshot(COINS, PORTFOLIO, DAY, failing(snapshot_rows(500, version=2), 3 * BATCH // 2))
+        with pytest.raises(RuntimeError, match="mid-stream"):
+            wh.reconcile_transactions(PORTFOLIO, failing(txn_rows(500, version=2), 3 * BATCH // 2))
     assert batches == [BATCH, BATCH]  # a batch had been written each time before the failure
     assert {t: wh.fetch_table(t) for t in (COINS, TXNS)} == before
 
@@ -278,11 +275,11 @@ def test_invalid_row_rolls_back_the_whole_load(wh: CoinStatsWarehouse) -> None:
     with pytest.raises(ValueError, match=rf"row #{BATCH + 1} has a portfolio_id other than"):
         wh.replace_snapshot(COINS, PORTFOLIO, DAY, wrong_portfolio)
     with pytest.raises(ValueError, match=r"unknown columns \['bogus'\]"):
-        wh.upsert_transactions(PORTFOLIO, [{"transaction_key": "k", "bogus": 1}])
+        wh.reconcile_transactions(PORTFOLIO, [{"transaction_key": "k", "bogus": 1}])
     with pytest.raises(ValueError, match="has no transaction_key"):
-        wh.upsert_transactions(PORTFOLIO, [{"transaction_type": "Buy"}])
+        wh.reconcile_transactions(PORTFOLIO, [{"transaction_type": "Buy"}])
     assert wh.fetch_table(COINS) == before
-    assert wh.count_rows(TXNS) == 0
+    assert count_rows(wh, TXNS) == 0
 
 
 def test_rows_are_consumed_lazily_one_batch_at_a_time(backend: Backend) -> None:
@@ -307,10 +304,11 @@ def test_rows_are_consumed_lazily_one_batch_at_a_time(backend: Backend) -> None:
         ("pull", 9),
         ("written", 10),
     ]
-    assert wh.reconcile_transactions(PORTFOLIO, recorded(txn_rows(10)), on_batch=on_batch).total == 10
-    assert events == want
-    events.clear()
-    assert wh.replace_snapshot(COINS, PORTFOLIO, DAY, recorded(snapshot_rows(10)), on_batch=on_batch) == 10
+    with staged_batches(wh, on_batch):
+        assert wh.reconcile_transactions(PORTFOLIO, recorded(txn_rows(10))).total == 10
+        assert events == want
+        events.clear()
+        assert wh.replace_snapshot(COINS, PORTFOLIO, DAY, recorded(snapshot_rows(10))) == 10
     assert events == want
 
 
@@ -404,7 +402,7 @@ def test_sigkill_mid_load_leaves_old_state_then_rerun_is_exactly_once(backend: B
     assert content(wh, table) == new_state
     assert load() == n  # and again: exactly once
     assert content(wh, table) == new_state
-    assert wh.count_rows(table, PORTFOLIO) == n
+    assert count_rows(wh, table, PORTFOLIO) == n
 
 
 # -- configuration and validation -----------------------------------------------------------------
@@ -413,14 +411,14 @@ def test_sigkill_mid_load_leaves_old_state_then_rerun_is_exactly_once(backend: B
 def test_table_names_are_validated(wh: CoinStatsWarehouse) -> None:
     for bad in ("coinstats_portfolios; DROP TABLE coinstats_portfolios", "sqlite_master", "pg_class"):
         with pytest.raises(ValueError, match="unknown table"):
-            wh.count_rows(bad)
+            count_rows(wh, bad)
         with pytest.raises(ValueError, match="unknown table"):
             wh.fetch_table(bad)
     with pytest.raises(ValueError, match="replace_snapshot supports"):
-        wh.replace_snapshot(TXNS, PORTFOLIO, DAY, [])  # type: ignore[arg-type]
+        wh.replace_snapshot(TXNS, PORTFOLIO, DAY, [])
     with pytest.raises(ValueError, match=r"no columns \['nope'\]"):
         wh.fetch_table(COINS, exclude=("nope",))
-    assert wh.count_rows(PORTFOLIOS) == 0  # the injection attempt did nothing
+    assert count_rows(wh, PORTFOLIOS) == 0  # the injection attempt did nothing
 
 
 def test_non_sql_connection_is_rejected_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,10 @@ from airflow.sdk.exceptions import AirflowFailException
 import tests.unit.operators.test_load as load_operator_tests
 import tests.unit.warehouse.test_loader as warehouse_tests
 from coinstats_provider.pipeline import format_summary, summarize
-from coinstats_provider.warehouse.loader import TABLES, CoinStatsWarehouse, ReconcileResult
+from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
+from coinstats_provider.warehouse.schema import TABLES
 from coinstats_provider.warehouse.transform import InvalidItemError, TransactionKeyer, coin_rows, transaction_rows
+from tests.helpers.warehouse import count_rows, staged_batches
 from tests.unit.operators.test_load import TXNS_URL, Pages
 from tests.unit.operators.test_load import run as run_load
 from tests.unit.warehouse.test_loader import Backend, expected
@@ -80,7 +82,7 @@ def load(wh: CoinStatsWarehouse, items: list[dict[str, Any]], portfolio: str = P
     result = wh.reconcile_transactions(portfolio, transaction_rows(portfolio, items, TransactionKeyer()))
     mine = [row for row in table(wh) if row[0] == portfolio]
     assert mine == expected(TXNS, rows_of(items, portfolio))
-    assert wh.count_rows(TXNS, portfolio) == result.total == len(items)
+    assert count_rows(wh, TXNS, portfolio) == result.total == len(items)
     return result
 
 
@@ -105,7 +107,7 @@ def test_rerun_changes_nothing_and_does_not_rewrite_rows(wh: CoinStatsWarehouse)
     time.sleep(0.01)
     assert changes(load(wh, copy.deepcopy(items))) == (0, 0, 0)
     assert wh.fetch_table(TXNS) == before  # not even loaded_at moved
-    assert wh.count_rows(REMOVED) == 0
+    assert count_rows(wh, REMOVED) == 0
 
 
 def test_edited_note_updates_the_row_in_place(wh: CoinStatsWarehouse) -> None:
@@ -123,7 +125,7 @@ def test_edited_note_updates_the_row_in_place(wh: CoinStatsWarehouse) -> None:
     new_stamps = {row[1]: row[-1] for row in wh.fetch_table(TXNS)}
     changed = {k for k in keys if new_stamps[k] != stamps[k]}
     assert changed == {rows_of(edited)[7]["transaction_key"], rows_of(edited)[9]["transaction_key"]}
-    assert wh.count_rows(REMOVED) == 0
+    assert count_rows(wh, REMOVED) == 0
 
 
 def test_deleted_transaction_is_removed_and_recorded(wh: CoinStatsWarehouse) -> None:
@@ -137,7 +139,7 @@ def test_deleted_transaction_is_removed_and_recorded(wh: CoinStatsWarehouse) -> 
     assert history[0][2].startswith("20")  # removed_at, UTC ISO text
     # added back later: inserted again, the history keeps the earlier removal
     assert changes(load(wh, items)) == (1, 0, 0)
-    assert wh.count_rows(REMOVED) == 1
+    assert count_rows(wh, REMOVED) == 1
 
 
 def test_new_transactions_are_inserted(wh: CoinStatsWarehouse) -> None:
@@ -171,7 +173,7 @@ def test_edits_inside_an_identical_group(wh: CoinStatsWarehouse) -> None:
     corrected = copy.deepcopy(noted)
     corrected[0]["coinData"]["count"] = Decimal("3.5")
     assert changes(load(wh, corrected)) == (1, 1, 1)
-    assert wh.count_rows(TXNS, PID) == 3
+    assert count_rows(wh, TXNS, PID) == 3
 
 
 def test_incomplete_stream_changes_nothing(wh: CoinStatsWarehouse) -> None:
@@ -180,8 +182,8 @@ def test_incomplete_stream_changes_nothing(wh: CoinStatsWarehouse) -> None:
     before = {name: wh.fetch_table(name) for name in (TXNS, REMOVED)}
     shorter = [*items[:50], txn(900)]  # would delete 150 rows and insert one if it were complete
     batches: list[int] = []
-    with pytest.raises(RuntimeError, match="could not be fetched"):
-        wh.reconcile_transactions(PID, failing(rows_of([*shorter, *items[60:]]), 120), on_batch=batches.append)
+    with staged_batches(wh, batches.append), pytest.raises(RuntimeError, match="could not be fetched"):
+        wh.reconcile_transactions(PID, failing(rows_of([*shorter, *items[60:]]), 120))
     assert batches == [50, 100]  # rows had been staged
     assert {name: wh.fetch_table(name) for name in (TXNS, REMOVED)} == before
 
@@ -198,7 +200,7 @@ def test_other_portfolios_are_untouched(wh: CoinStatsWarehouse) -> None:
 def test_empty_complete_stream_empties_the_portfolio(wh: CoinStatsWarehouse) -> None:
     load(wh, [txn(i) for i in range(4)])
     assert changes(load(wh, [])) == (0, 0, 4)
-    assert wh.count_rows(REMOVED, PID) == 4
+    assert count_rows(wh, REMOVED, PID) == 4
 
 
 def test_repeated_key_is_refused_without_changes(wh: CoinStatsWarehouse) -> None:
@@ -304,7 +306,7 @@ def test_double_precision_warehouse_is_migrated_in_place(backend: Backend) -> No
     ]
     # the migrated table takes exact values and reconciles like a new one
     assert changes(wh.reconcile_transactions("pf-old", rows_of([txn(1)], "pf-old"))) == (1, 0, 2)
-    assert wh.count_rows(REMOVED, "pf-old") == 2
+    assert count_rows(wh, REMOVED, "pf-old") == 2
     ((amount,),) = [(r[6],) for r in table(wh)]
     assert str(amount) == "1.000000000000000001"
 
@@ -487,8 +489,8 @@ def test_other_loads_commit_while_a_stream_waits_on_the_network(backend: Backend
             stall.release.set()
             worker.join(60)
         assert not errors
-    assert wh.count_rows(TXNS, PID) == 300
-    assert wh.count_rows(COINS, PID) == 300
+    assert count_rows(wh, TXNS, PID) == 300
+    assert count_rows(wh, COINS, PID) == 300
 
 
 @pytest.mark.slow

@@ -1,0 +1,112 @@
+"""DDL and in-place migrations of the warehouse tables.
+
+:func:`create_and_migrate` creates every table of :data:`~coinstats_provider.warehouse.schema.TABLES`
+that does not exist and converts tables created by earlier versions with floating-point money columns
+(``DOUBLE PRECISION``) to exact decimals, keeping every row: PostgreSQL ``ALTER COLUMN ... TYPE
+NUMERIC``, SQLite a table rebuild (each float becomes its shortest exact decimal text). It runs on a
+cursor inside the caller's transaction, so a failed migration changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from decimal import Decimal
+from typing import Any
+
+from coinstats_provider.warehouse.schema import TABLES, Dialect, TableSpec
+from coinstats_provider.warehouse.values import decimal_text, exact_number
+
+__all__ = ["create_and_migrate"]
+
+log = logging.getLogger(__name__)
+
+#: Column types that earlier versions used for what is now ``DECIMAL``.
+_LEGACY_FLOAT_TYPES = frozenset({"DOUBLE PRECISION", "DOUBLE", "REAL", "FLOAT", "FLOAT8", "NUMERIC"})
+
+
+def create_and_migrate(cur: Any, dialect: Dialect, batch_size: int) -> None:
+    """Create the missing tables and migrate legacy float columns (idempotent).
+
+    :param cur: A DB-API cursor inside an open transaction.
+    :param dialect: ``sqlite`` or ``postgres``.
+    :param batch_size: Rows copied per ``executemany`` when SQLite rebuilds a table.
+    """
+    for table in TABLES.values():
+        cur.execute(table.ddl(dialect))
+    for table in TABLES.values():
+        if not table.decimal_columns:
+            continue
+        if dialect == "sqlite":
+            _migrate_sqlite(cur, table, batch_size)
+        else:
+            _migrate_postgres(cur, table)
+
+
+def _legacy_decimal(value: Any) -> str | None:
+    """Exact text for a value read from a legacy float column (SQLite migration)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return decimal_text(Decimal(repr(value)))
+    if isinstance(value, int):
+        return str(value)
+    try:
+        number = exact_number(value, "legacy")
+    except ValueError:
+        return str(value)
+    return None if number is None else decimal_text(number)
+
+
+def _migrate_postgres(cur: Any, table: TableSpec) -> None:
+    cur.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = %s",
+        (table.name,),
+    )
+    types = {str(name): str(kind).upper() for name, kind in cur.fetchall()}
+    legacy = sorted(c for c in table.decimal_columns if types.get(c) in {"DOUBLE PRECISION", "REAL"})
+    if not legacy:
+        return
+    # Shortest exact text of each float (extra_float_digits > 0), then NUMERIC: no digit is invented or lost.
+    cur.execute("SET LOCAL extra_float_digits = 3")
+    changes = ", ".join(f"ALTER COLUMN {c} TYPE NUMERIC USING {c}::text::numeric" for c in legacy)
+    cur.execute(f"ALTER TABLE {table.name} {changes}")
+    log.info("Migrated %s columns %s from floating point to NUMERIC", table.name, ", ".join(legacy))
+
+
+def _migrate_sqlite(cur: Any, table: TableSpec, batch_size: int) -> None:
+    cur.execute(f"PRAGMA table_info({table.name})")
+    types = {str(row[1]): str(row[2]).upper() for row in cur.fetchall()}
+    legacy = sorted(c for c in table.decimal_columns if types.get(c, "TEXT") in _LEGACY_FLOAT_TYPES)
+    if not legacy:
+        return
+    rebuilt = f"{table.name}__rebuild"
+    cur.execute(f"DROP TABLE IF EXISTS {rebuilt}")
+    cur.execute(table.ddl("sqlite", name=rebuilt))
+    columns = table.column_names
+    selected = [c if c in types else "NULL" for c in columns]
+    reader = cur.connection.cursor()
+    copied = 0
+    try:
+        reader.execute(f"SELECT {', '.join(selected)} FROM {table.name}")  # noqa: S608
+        insert = f"INSERT INTO {rebuilt} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
+        while batch := reader.fetchmany(batch_size):
+            cur.executemany(
+                insert,
+                [
+                    tuple(
+                        _legacy_decimal(v) if c in table.decimal_columns else v
+                        for c, v in zip(columns, row, strict=True)
+                    )
+                    for row in batch
+                ],
+            )
+            copied += len(batch)
+    finally:
+        reader.close()
+    cur.execute(f"DROP TABLE {table.name}")
+    cur.execute(f"ALTER TABLE {rebuilt} RENAME TO {table.name}")
+    log.info("Rebuilt %s with exact decimal text columns %s (%d rows kept)", table.name, ", ".join(legacy), copied)

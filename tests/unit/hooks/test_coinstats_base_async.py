@@ -1,0 +1,214 @@
+"""Unit tests of the async transport (httpx) against a real local HTTP server: retries, errors, timeout."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from coinstats_provider import __version__
+from coinstats_provider.exceptions import (
+    CoinStatsInvalidApiKeyError,
+    CoinStatsResponseError,
+    CoinStatsServerError,
+    CoinStatsTransportError,
+)
+from coinstats_provider.hooks.coinstats import CoinStatsHook
+from coinstats_provider.models import SyncStatus
+from tests.conftest import assert_no_canary, set_connection
+from tests.unit.hooks.helpers import (
+    API_KEY,
+    INVALID_KEY_BODY,
+)
+
+# -- async (httpx) against a real local HTTP server ------------------------------------------------
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out closes its socket early; that is expected here, not worth a traceback."""
+
+
+class ScriptedServer:
+    """A tiny HTTP server answering scripted ``(status, json_body[, delay])`` replies; the last one repeats."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[Any, ...]] = [(200, {})]
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.httpd = _QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append({"method": handler.command, "path": handler.path, "headers": dict(handler.headers)})
+            status, body, *delay = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if delay:
+            time.sleep(delay[0])
+        payload = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+
+@pytest.fixture
+def local_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    server.thread.start()
+    set_connection(
+        monkeypatch,
+        "cs_async",
+        conn_type="coinstats",
+        password=API_KEY,
+        host=server.url,
+        extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 2, "timeout": 5},
+    )
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        server.thread.join(timeout=5)
+
+
+def make_async_hook() -> tuple[CoinStatsHook, list[float]]:
+    hook = CoinStatsHook("cs_async")
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+
+    hook._asleep = record
+    return hook, delays
+
+
+async def test_async_sync_status_retries_503(local_server: ScriptedServer) -> None:
+    local_server.script = [
+        (503, {"statusCode": 503, "message": "Service Unavailable. Please Contact Support"}),
+        (200, {"status": "synced"}),
+    ]
+    hook, delays = make_async_hook()
+
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert len(local_server.requests) == 2
+    assert delays == [0.0]
+    for request in local_server.requests:
+        assert request["method"] == "GET"
+        assert request["path"] == "/portfolio/status?portfolioId=pf-1"
+        assert request["headers"]["X-API-KEY"] == API_KEY
+        assert request["headers"]["User-Agent"] == f"airflow-provider-coinstats/{__version__}"
+    assert hook.credits.spent == 3
+    assert hook.credits.retries == 1
+
+
+async def test_async_sync_status_exhausted(local_server: ScriptedServer) -> None:
+    local_server.script = [(503, {"statusCode": 503, "message": "Service Unavailable"})]
+    hook, delays = make_async_hook()
+
+    with pytest.raises(CoinStatsServerError) as info:
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert info.value.retryable is True
+    assert len(local_server.requests) == 3
+    assert len(delays) == 2
+
+
+async def test_async_invalid_key_not_retried(local_server: ScriptedServer) -> None:
+    local_server.script = [(401, INVALID_KEY_BODY)]
+    hook, delays = make_async_hook()
+
+    with pytest.raises(CoinStatsInvalidApiKeyError) as info:
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert len(local_server.requests) == 1
+    assert delays == []
+    assert_no_canary(str(info.value))
+
+
+async def test_async_unknown_status(local_server: ScriptedServer) -> None:
+    local_server.script = [(200, {"status": "paused"})]
+
+    with pytest.raises(CoinStatsResponseError, match="unknown status 'paused'"):
+        await make_async_hook()[0].aget_portfolio_sync_status("pf-1")
+
+    assert len(local_server.requests) == 1
+
+
+async def test_async_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ScriptedServer()  # bound but never served, then closed: connections are refused
+    url = server.url
+    server.httpd.server_close()
+    set_connection(
+        monkeypatch,
+        "cs_async",
+        conn_type="coinstats",
+        password=API_KEY,
+        host=url,
+        extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 1, "timeout": 2},
+    )
+    hook, delays = make_async_hook()
+
+    with pytest.raises(CoinStatsTransportError) as info:
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert len(delays) == 1
+    assert_no_canary(str(info.value))
+
+
+async def test_async_uses_connection_timeout(local_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_server.script = [(200, {"status": "synced"}, 0.6)]
+    set_connection(
+        monkeypatch,
+        "cs_async",
+        conn_type="coinstats",
+        password=API_KEY,
+        host=local_server.url,
+        extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 0, "timeout": 0.1},
+    )
+    hook, delays = make_async_hook()
+
+    with pytest.raises(CoinStatsTransportError, match=re.escape("timeout 0.1 s")):
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert len(local_server.requests) == 1
+    assert delays == []
+
+
+async def test_async_settings_register_the_api_key_with_airflows_masker(
+    monkeypatch: pytest.MonkeyPatch, coinstats_conn: Any
+) -> None:
+    """The triggerer's log masks the key only if the async path registers it, as the sync path does."""
+    from coinstats_provider.hooks import coinstats_base
+
+    registered: list[str] = []
+
+    async def record(value: str) -> None:
+        registered.append(value)
+
+    monkeypatch.setattr(coinstats_base, "amask_secret", record)
+    coinstats_conn()
+    hook = CoinStatsHook()
+    settings = await hook.asettings()
+    assert registered == [settings.api_key]
