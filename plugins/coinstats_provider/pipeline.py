@@ -22,7 +22,6 @@ from coinstats_provider.credits import (
     VALUE_COST,
 )
 from coinstats_provider.exceptions import CoinStatsConfigError
-from coinstats_provider.warehouse.loader import CoinStatsWarehouse
 from coinstats_provider.warehouse.schema import DATASET_TABLES
 
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
@@ -191,6 +190,8 @@ def register_portfolios(warehouse_conn_id: str, accounts: Iterable[Mapping[str, 
     :raises ValueError: When a record lacks one of those keys (nothing is written).
     """
     records = [_account_record(index, account) for index, account in enumerate(accounts)]
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse  # at run time, not at parse time
+
     warehouse = CoinStatsWarehouse(warehouse_conn_id)
     warehouse.ensure_schema()
     for record in records:

@@ -6,7 +6,19 @@
 
 from __future__ import annotations
 
-from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.hooks.exchange import CoinStatsExchangeHook
+from typing import TYPE_CHECKING
+
+from coinstats_provider._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from coinstats_provider.hooks.coinstats import CoinStatsHook
+    from coinstats_provider.hooks.exchange import CoinStatsExchangeHook
 
 __all__ = ["CoinStatsExchangeHook", "CoinStatsHook"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CoinStatsExchangeHook": "coinstats_provider.hooks.exchange",
+        "CoinStatsHook": "coinstats_provider.hooks.coinstats",
+    },
+)

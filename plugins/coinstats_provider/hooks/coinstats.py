@@ -8,12 +8,10 @@ from typing import Any
 from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsError, CoinStatsResponseError
 from coinstats_provider.hooks import paging, support_cache, sync_wait
 from coinstats_provider.hooks.coinstats_base import CoinStatsBaseHook
-from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME
+from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
 from coinstats_provider.hooks.errors import redact
 from coinstats_provider.hooks.paging import DEFAULT_MAX_PAGES, PagedRoute, iter_pages
 from coinstats_provider.models import ConnectResult, ConnectStatus, CreditUsage, SupportedExchange, SyncStatus
-
-DEFAULT_PAGE_SIZE = 100
 
 
 class CoinStatsHook(CoinStatsBaseHook):

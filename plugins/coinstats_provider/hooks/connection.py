@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from airflow.sdk import Connection
 
 from coinstats_provider.exceptions import CoinStatsConfigError
 
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+#: Items per page the provider asks for on paged routes (CoinStats serves at most 100, CONTRACT §3).
+DEFAULT_PAGE_SIZE = 100
 #: Connection id a hook uses when none is given.
 DEFAULT_CONN_NAME = "coinstats_default"
 DEFAULT_BASE_URL = "https://openapiv1.coinstats.app"
@@ -137,6 +139,8 @@ def _is_loopback(hostname: str) -> bool:
     if hostname.rstrip(".").lower() == "localhost":
         return True
     try:
+        import ipaddress  # only when a connection is parsed, never at DAG parse time
+
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False

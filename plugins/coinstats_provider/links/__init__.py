@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from coinstats_provider.links.portfolio import CoinStatsPortfolioLink
+from typing import TYPE_CHECKING
+
+from coinstats_provider._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from coinstats_provider.links.portfolio import CoinStatsPortfolioLink
 
 __all__ = ["CoinStatsPortfolioLink"]
+__getattr__ = lazy_exports(
+    __name__,
+    {"CoinStatsPortfolioLink": "coinstats_provider.links.portfolio"},
+)

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
-from coinstats_provider.operators.load import LoadPortfolioOperator
-from coinstats_provider.operators.sync import SyncPortfolioOperator
+from typing import TYPE_CHECKING
+
+from coinstats_provider._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
+    from coinstats_provider.operators.load import LoadPortfolioOperator
+    from coinstats_provider.operators.sync import SyncPortfolioOperator
 
 __all__ = ["ConnectExchangePortfolioOperator", "LoadPortfolioOperator", "SyncPortfolioOperator"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ConnectExchangePortfolioOperator": "coinstats_provider.operators.connect",
+        "LoadPortfolioOperator": "coinstats_provider.operators.load",
+        "SyncPortfolioOperator": "coinstats_provider.operators.sync",
+    },
+)

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from coinstats_provider.exceptions import CoinStatsError
-from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.hooks.exchange import CoinStatsExchangeHook
+from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME
 from coinstats_provider.links.portfolio import CoinStatsPortfolioLink, portfolio_url
 from coinstats_provider.models import ConnectStatus
 from coinstats_provider.operators._common import (
@@ -24,6 +23,8 @@ from coinstats_provider.operators._common import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from coinstats_provider.hooks.coinstats import CoinStatsHook
 
 __all__ = ["MAP_INDEX_TEMPLATE", "ConnectExchangePortfolioOperator"]
 
@@ -62,7 +63,7 @@ class ConnectExchangePortfolioOperator(BaseOperator):
         self,
         *,
         exchange_conn_id: str,
-        coinstats_conn_id: str = CoinStatsHook.default_conn_name,
+        coinstats_conn_id: str = DEFAULT_CONN_NAME,
         connection_id: str | None = None,
         portfolio_name: str | None = None,
         hook_params: dict[str, Any] | None = None,
@@ -83,6 +84,8 @@ class ConnectExchangePortfolioOperator(BaseOperator):
     @cached_property
     def hook(self) -> CoinStatsHook:
         """The CoinStats hook (built on first use, never at parse time)."""
+        from coinstats_provider.hooks.coinstats import CoinStatsHook
+
         return CoinStatsHook(self.coinstats_conn_id, **self.hook_params)
 
     def execute(self, context: Context) -> str:
@@ -94,6 +97,8 @@ class ConnectExchangePortfolioOperator(BaseOperator):
             metered = True
             # The budget left is what earlier tries did not spend.
             meter_across_tries(meter, context)
+            from coinstats_provider.hooks.exchange import CoinStatsExchangeHook
+
             account = CoinStatsExchangeHook(self.exchange_conn_id).get_account(
                 connection_id=self.connection_id or None, portfolio_name=self.portfolio_name or None
             )

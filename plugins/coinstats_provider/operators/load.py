@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coinstats_provider.exceptions import CoinStatsError, CoinStatsListChangedError
-from coinstats_provider.hooks.coinstats import DEFAULT_PAGE_SIZE, CoinStatsHook
+from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
 from coinstats_provider.operators._common import (
     PORTFOLIO_MAP_INDEX_TEMPLATE,
     fail_fast,
@@ -24,19 +24,14 @@ from coinstats_provider.operators._common import (
     push_credits_spent,
     with_map_index_template,
 )
-from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
-from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
-from coinstats_provider.warehouse.transform import (
-    InvalidItemError,
-    TransactionKeyer,
-    coin_rows,
-    transaction_rows,
-    value_row,
-)
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, WAREHOUSE_CONN_NAME
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import Logger
+
+    from coinstats_provider.hooks.coinstats import CoinStatsHook
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
 
 #: Dataset -> the table it loads (the warehouse schema's map).
 TABLES = DATASET_TABLES
@@ -172,8 +167,8 @@ class LoadPortfolioOperator(BaseOperator):
         portfolio_id: str,
         dataset: str,
         datasets: Iterable[str] | str | None = None,
-        coinstats_conn_id: str = CoinStatsHook.default_conn_name,
-        warehouse_conn_id: str = CoinStatsWarehouse.default_conn_name,
+        coinstats_conn_id: str = DEFAULT_CONN_NAME,
+        warehouse_conn_id: str = WAREHOUSE_CONN_NAME,
         currency: str = "USD",
         page_size: int = DEFAULT_PAGE_SIZE,
         credit_budget: int | str | None = None,
@@ -199,6 +194,8 @@ class LoadPortfolioOperator(BaseOperator):
     @cached_property
     def hook(self) -> CoinStatsHook:
         """The CoinStats hook, limited to this task's credit budget."""
+        from coinstats_provider.hooks.coinstats import CoinStatsHook  # built on first use, not at parse time
+
         budget = parse_credit_budget(self.credit_budget, self.task_id)
         return CoinStatsHook(self.coinstats_conn_id, credit_budget=budget, **self.hook_params)
 
@@ -216,6 +213,9 @@ class LoadPortfolioOperator(BaseOperator):
             # Reads the connection; this try may only spend what earlier tries left of the budget.
             meter_across_tries(self.hook.credits, context)
         day = snapshot_date(context, self.log)
+        from coinstats_provider.warehouse import transform  # at run time, not at parse time
+        from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+
         warehouse = CoinStatsWarehouse(self.warehouse_conn_id)
         warehouse.ensure_schema()
         self._pages = 0
@@ -224,7 +224,7 @@ class LoadPortfolioOperator(BaseOperator):
             rows = self._load_whole(warehouse, day)
         except CoinStatsError as err:
             raise fail_fast(err, f"Loading {self.dataset} of portfolio {self.portfolio_id}") from err
-        except InvalidItemError as err:
+        except transform.InvalidItemError as err:
             raise AirflowFailException(
                 f"Loading {self.dataset} of portfolio {self.portfolio_id} failed and retrying cannot help: {err}. "
                 "CoinStats returned a value that cannot be stored exactly; nothing was written. Correct or remove "
@@ -287,15 +287,19 @@ class LoadPortfolioOperator(BaseOperator):
         raise AssertionError("unreachable")
 
     def _load(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
+        from coinstats_provider.warehouse import transform
+
         pid = self.portfolio_id
         if self.dataset == "value":
             value = self.hook.get_portfolio_value(pid, currency=self.currency)
-            return warehouse.replace_snapshot(TABLES["value"], pid, day, [value_row(pid, day, self.currency, value)])
+            return warehouse.replace_snapshot(
+                TABLES["value"], pid, day, [transform.value_row(pid, day, self.currency, value)]
+            )
         if self.dataset == "coins":
             items = self._items(self.hook.iter_portfolio_coins(pid, page_size=self.page_size))
-            return warehouse.replace_snapshot(TABLES["coins"], pid, day, coin_rows(pid, day, items))
+            return warehouse.replace_snapshot(TABLES["coins"], pid, day, transform.coin_rows(pid, day, items))
         pages = self.hook.iter_portfolio_transactions(pid, currency=self.currency, page_size=self.page_size)
-        rows = transaction_rows(pid, self._items(pages), TransactionKeyer())
+        rows = transform.transaction_rows(pid, self._items(pages), transform.TransactionKeyer())
         self._reconciled = warehouse.reconcile_transactions(pid, rows)
         return self._reconciled.total
 

@@ -14,8 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from coinstats_provider.credits import POLL_COST, SYNC_COST
 from coinstats_provider.exceptions import CoinStatsError, CoinStatsSyncTimeoutError
-from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.hooks.sync_wait import polls_possible, wait_for_sync
+from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME
 from coinstats_provider.operators._common import (
     PORTFOLIO_MAP_INDEX_TEMPLATE,
     as_bool,
@@ -25,12 +24,13 @@ from coinstats_provider.operators._common import (
     push_credits_spent,
     with_map_index_template,
 )
-from coinstats_provider.triggers.sync import EVENT_STATUSES, PortfolioSyncTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from coinstats_provider.credits import CreditMeter
+    from coinstats_provider.hooks.coinstats import CoinStatsHook
+    from coinstats_provider.triggers.sync import PortfolioSyncTrigger
 
 __all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "defer_timeout"]
 
@@ -59,6 +59,13 @@ def _max_polls(meter: CreditMeter) -> int | None:
     """Status polls the credits left under the meter's budget pay for; ``None`` without a budget."""
     remaining = meter.remaining
     return None if remaining is None else max(0, remaining // POLL_COST)
+
+
+def _trigger_class() -> type[PortfolioSyncTrigger]:
+    """The trigger class, imported when a task defers (not when a DAG file is parsed)."""
+    from coinstats_provider.triggers.sync import PortfolioSyncTrigger
+
+    return PortfolioSyncTrigger
 
 
 class SyncPortfolioOperator(BaseOperator):
@@ -106,7 +113,7 @@ class SyncPortfolioOperator(BaseOperator):
         self,
         *,
         portfolio_id: str,
-        coinstats_conn_id: str = CoinStatsHook.default_conn_name,
+        coinstats_conn_id: str = DEFAULT_CONN_NAME,
         sync_timeout: float | str = 1800,
         poll_interval: float | str = 30,
         credit_budget: int | str | None = None,
@@ -127,7 +134,9 @@ class SyncPortfolioOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> CoinStatsHook:
-        """The CoinStats hook, limited to this task's credit budget."""
+        """The CoinStats hook, limited to this task's credit budget (built on first use, not at parse time)."""
+        from coinstats_provider.hooks.coinstats import CoinStatsHook
+
         return CoinStatsHook(self.coinstats_conn_id, credit_budget=self._budget(), **self.hook_params)
 
     def _budget(self) -> int | None:
@@ -220,7 +229,7 @@ class SyncPortfolioOperator(BaseOperator):
         wait = {"started_at": now, "poll_interval": interval, "end_time": end_time, "max_polls": max_polls}
         self._save_state(context, {**state, "wait": wait})
         self.defer(
-            trigger=PortfolioSyncTrigger(
+            trigger=_trigger_class()(
                 portfolio_id=self.portfolio_id,
                 coinstats_conn_id=self.coinstats_conn_id,
                 end_time=end_time,
@@ -268,6 +277,8 @@ class SyncPortfolioOperator(BaseOperator):
         end_time, max_polls = _number(wait.get("end_time"), float), wait.get("max_polls")
         if not (started_at and interval > 0 and end_time):
             return 0
+        from coinstats_provider.hooks.sync_wait import polls_possible
+
         polls = polls_possible(started_at, interval, end_time, time.time())
         return min(polls, max_polls) if isinstance(max_polls, int) and max_polls >= 0 else polls
 
@@ -277,6 +288,8 @@ class SyncPortfolioOperator(BaseOperator):
         """Wait for the sync on this worker (:func:`wait_for_sync`, the trigger's poll policy), then finish."""
         before = meter.spent
         try:
+            from coinstats_provider.hooks.sync_wait import wait_for_sync
+
             result = wait_for_sync(
                 self.hook,
                 self.portfolio_id,
@@ -295,6 +308,8 @@ class SyncPortfolioOperator(BaseOperator):
         :param context: Task context.
         :param event: The event from :class:`PortfolioSyncTrigger`.
         """
+        from coinstats_provider.triggers.sync import EVENT_STATUSES
+
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             # A malformed event is a bug, not a passing fault: retrying would only pay for another sync.
             raise AirflowFailException(f"Invalid event from the portfolio sync trigger: {str(event)[:200]}")

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from coinstats_provider.triggers.sync import PortfolioSyncTrigger
+from typing import TYPE_CHECKING
+
+from coinstats_provider._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from coinstats_provider.triggers.sync import PortfolioSyncTrigger
 
 __all__ = ["PortfolioSyncTrigger"]
+__getattr__ = lazy_exports(
+    __name__,
+    {"PortfolioSyncTrigger": "coinstats_provider.triggers.sync"},
+)

@@ -12,7 +12,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from coinstats_provider.credits import POLL_COST
 from coinstats_provider.exceptions import CoinStatsError
-from coinstats_provider.hooks.coinstats import CoinStatsHook
 from coinstats_provider.hooks.sync_wait import Action, SyncWaitResult, await_sync, polls_possible
 
 __all__ = ["EVENT_STATUSES", "POLL_COST", "PortfolioSyncTrigger"]
@@ -123,6 +122,8 @@ class PortfolioSyncTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until synced, the deadline, the poll budget or an error; yield one event."""
+        from coinstats_provider.hooks.coinstats import CoinStatsHook  # at run time, not at parse time
+
         hook = CoinStatsHook(self.coinstats_conn_id, **self.hook_params)
         earlier = self._earlier_polls(time.time())
         try:

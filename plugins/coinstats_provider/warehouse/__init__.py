@@ -10,7 +10,23 @@ rows from API payloads (value rules in :mod:`~coinstats_provider.warehouse.value
 
 from __future__ import annotations
 
-from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
-from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, TABLES, TableSpec
+from typing import TYPE_CHECKING
+
+from coinstats_provider._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
+    from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, TABLES, TableSpec
 
 __all__ = ["DATASETS", "DATASET_TABLES", "TABLES", "CoinStatsWarehouse", "ReconcileResult", "TableSpec"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CoinStatsWarehouse": "coinstats_provider.warehouse.loader",
+        "DATASETS": "coinstats_provider.warehouse.schema",
+        "DATASET_TABLES": "coinstats_provider.warehouse.schema",
+        "ReconcileResult": "coinstats_provider.warehouse.loader",
+        "TABLES": "coinstats_provider.warehouse.schema",
+        "TableSpec": "coinstats_provider.warehouse.schema",
+    },
+)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from coinstats_provider.warehouse.schema import Dialect, spec
+from coinstats_provider.warehouse.schema import WAREHOUSE_CONN_NAME, Dialect, spec
 from coinstats_provider.warehouse.values import clean_text
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class WarehouseDatabase:
     :param batch_size: Rows per ``executemany`` call.
     """
 
-    default_conn_name = "coinstats_warehouse"
+    default_conn_name = WAREHOUSE_CONN_NAME
 
     def __init__(self, warehouse_conn_id: str = default_conn_name, *, batch_size: int = 500) -> None:
         if batch_size < 1:

@@ -51,6 +51,7 @@ __all__ = [
     "TABLES",
     "TRANSACTIONS_TABLE",
     "VALUES_TABLE",
+    "WAREHOUSE_CONN_NAME",
     "Dialect",
     "TableSpec",
     "spec",
@@ -222,6 +223,9 @@ DATASET_TABLES: Mapping[str, str] = {
 }
 #: The datasets, in load order.
 DATASETS: tuple[str, ...] = tuple(DATASET_TABLES)
+
+#: The warehouse connection the loader and the DAGs use by default (SQLite or PostgreSQL).
+WAREHOUSE_CONN_NAME = "coinstats_warehouse"
 
 
 def spec(table: str) -> TableSpec:
