@@ -15,6 +15,7 @@ INTEGRATION = "CoinStats"
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider info dict (integration, modules, connection types with their UI form, extra links)."""
+    # Long by nature: one declarative literal, the provider.yaml that Airflow reads, in a single place.
     return {
         "package-name": DISTRIBUTION_NAME,
         "name": "CoinStats",
