@@ -37,8 +37,9 @@ from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import STATE_KEY, SyncPortfolioOperator, defer_timeout
 from coinstats_provider.triggers import sync as triggers
 from coinstats_provider.triggers.sync import PortfolioSyncTrigger
-from include.coinstats_sandbox import SandboxConfig, SandboxServer
-from tests.conftest import BASE_URL, CANARIES, SUPPORT, assert_no_canary, set_connection
+from include.coinstats_sandbox import SandboxServer
+from tests.conftest import BASE_URL, SUPPORT, assert_no_canary, set_connection
+from tests.helpers.sandbox import sandboxes
 
 PID = "pf-1"
 SUPPORT_URL = BASE_URL + "/exchange/support"
@@ -529,26 +530,8 @@ def test_polls_possible_bounds_one_poll_per_interval_plus_the_deadline_poll() ->
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SandboxServer]]:
-    servers: list[SandboxServer] = []
-
-    def start(**config: Any) -> SandboxServer:
-        server = SandboxServer(SandboxConfig(api_keys=(CANARIES["api_key"],), quiet=True, sync_seconds=0.0, **config))
-        servers.append(server)
-        set_connection(
-            monkeypatch,
-            SANDBOX_CONN,
-            conn_type="coinstats",
-            host=server.start(),
-            password=CANARIES["api_key"],
-            extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 2, "timeout": 5},
-        )
-        return server
-
-    try:
+    with sandboxes(monkeypatch, SANDBOX_CONN, max_retries=2, sync_seconds=0.0) as start:
         yield start
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def stuck_portfolio() -> str:

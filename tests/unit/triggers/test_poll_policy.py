@@ -23,8 +23,8 @@ from coinstats_provider.hooks.sync_wait import (
     wait_for_sync,
 )
 from coinstats_provider.models import SyncStatus
-from include.coinstats_sandbox import SandboxConfig, SandboxServer
-from tests.conftest import CANARIES, set_connection
+from include.coinstats_sandbox import SandboxServer
+from tests.helpers.sandbox import sandboxes
 
 SYNCING, SYNCED = SyncStatus.SYNCING, SyncStatus.SYNCED
 CONN_ID = "coinstats_default"
@@ -207,26 +207,8 @@ def test_the_trigger_loop_stops_at_the_hooks_own_budget(clock: SimpleNamespace) 
 
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SandboxServer]]:
-    servers: list[SandboxServer] = []
-
-    def start(**config: Any) -> SandboxServer:
-        server = SandboxServer(SandboxConfig(api_keys=(CANARIES["api_key"],), quiet=True, **config))
-        servers.append(server)
-        set_connection(
-            monkeypatch,
-            CONN_ID,
-            conn_type="coinstats",
-            host=server.start(),
-            password=CANARIES["api_key"],
-            extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 0, "timeout": 5},
-        )
-        return server
-
-    try:
+    with sandboxes(monkeypatch, CONN_ID, max_retries=0) as start:
         yield start
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def sandbox_portfolio(secret: str = "plain-secret") -> str:  # noqa: S107

@@ -15,8 +15,9 @@ import pytest
 from coinstats_provider.hooks import sync_wait
 from coinstats_provider.hooks.coinstats import CoinStatsHook
 from coinstats_provider.triggers.sync import EVENT_STATUSES, POLL_COST, PortfolioSyncTrigger
-from include.coinstats_sandbox import SandboxConfig, SandboxServer
+from include.coinstats_sandbox import SandboxServer
 from tests.conftest import CANARIES, assert_no_canary, set_connection
+from tests.helpers.sandbox import sandboxes
 
 CONN_ID = "coinstats_default"
 STATUS_ROUTE = "GET /portfolio/status"
@@ -28,28 +29,8 @@ StartSandbox = Callable[..., SandboxServer]
 @pytest.fixture
 def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[StartSandbox]:
     """Start a sandbox (API key = the canary) and point ``coinstats_default`` at it; stopped after the test."""
-    servers: list[SandboxServer] = []
-
-    def start(password: str = CANARIES["api_key"], **config: Any) -> SandboxServer:
-        config.setdefault("sync_seconds", 0.0)
-        server = SandboxServer(SandboxConfig(api_keys=(CANARIES["api_key"],), quiet=True, **config))
-        servers.append(server)
-        url = server.start()
-        set_connection(
-            monkeypatch,
-            CONN_ID,
-            conn_type="coinstats",
-            host=url,
-            password=password,
-            extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 2, "timeout": 5},
-        )
-        return server
-
-    try:
+    with sandboxes(monkeypatch, CONN_ID, max_retries=2, sync_seconds=0.0) as start:
         yield start
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def connect(secret: str = "plain-secret") -> str:  # noqa: S107
