@@ -64,10 +64,22 @@ class CoinStatsTruncatedAnswerError(CoinStatsResponseError):
     :param message: What happened and what to do, already redacted.
     :param cause: Short cause for log lines.
     :param retryable: Whether a new task try may send the call again.
+    :param status: HTTP status CoinStats answered.
+    :param problem: What was wrong with the body.
     """
 
-    def __init__(self, message: str, *, cause: str = "body cut off", retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: str = "body cut off",
+        retryable: bool = False,
+        status: int = 200,
+        problem: str = "an unreadable body",
+    ) -> None:
         super().__init__(message, retryable=retryable, cause=cause)
+        self.status = status
+        self.problem = problem
 
 
 class CoinStatsListChangedError(CoinStatsResponseError):

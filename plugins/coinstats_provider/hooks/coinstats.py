@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsError, CoinStatsResponseError
+from coinstats_provider.exceptions import (
+    CoinStatsConfigError,
+    CoinStatsError,
+    CoinStatsResponseError,
+    CoinStatsTruncatedAnswerError,
+)
 from coinstats_provider.hooks import paging, support_cache, sync_wait
 from coinstats_provider.hooks.coinstats_base import CoinStatsBaseHook
 from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
@@ -62,8 +67,22 @@ class CoinStatsHook(CoinStatsBaseHook):
         # POST /portfolio/exchange is idempotent on the CoinStats side: the same credentials answer
         # "existing" with the same portfolioId, so retrying after a timeout or 5xx is safe and cannot
         # create a second portfolio. A 2xx whose body is cut off is not re-sent (it was paid): it raises
-        # CoinStatsTruncatedAnswerError, and a rerun reconnects.
-        data = self.request("POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values()))
+        # CoinStatsTruncatedAnswerError, and the next try reconnects on purpose (the only way to learn the id).
+        try:
+            data = self.request(
+                "POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values())
+            )
+        except CoinStatsTruncatedAnswerError as err:
+            raise CoinStatsTruncatedAnswerError(
+                f"CoinStats accepted the connect (POST /portfolio/exchange answered {err.status}) but its answer "
+                f"was cut off or unreadable ({err.problem}), so the portfolioId is unknown. The portfolio exists "
+                "on CoinStats; the hook does not send a paid write twice. The task's next try (or a rerun) "
+                "reconnects for 10 credits and CoinStats answers 'existing' with the same portfolioId.",
+                cause=err.cause,
+                retryable=True,
+                status=err.status,
+                problem=err.problem,
+            ) from None
         secrets = (self.settings.api_key, *connection_fields.values())
         if not isinstance(data, dict):
             raise CoinStatsResponseError("CoinStats POST /portfolio/exchange answered with a non-object body.")

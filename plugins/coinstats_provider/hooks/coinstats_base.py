@@ -248,7 +248,8 @@ class CoinStatsBaseHook(BaseHook):
             raise CoinStatsTruncatedAnswerError(
                 unreadable_write_message(method, path, status, problem),
                 cause=cause,
-                retryable=(method.upper(), path) == ("POST", "/portfolio/exchange"),
+                status=status,
+                problem=problem,
             )
         message = f"CoinStats {method} {path} answered {status} with {problem}."
         return CoinStatsResponseError(message, retryable=True, cause=cause)

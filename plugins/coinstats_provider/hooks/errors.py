@@ -295,13 +295,6 @@ def unreadable_write_message(method: str, path: str, status: int, problem: str) 
     :param status: HTTP status of the answer.
     :param problem: What was wrong with the body.
     """
-    if (method.upper(), path) == ("POST", "/portfolio/exchange"):
-        return (
-            f"CoinStats accepted the connect (POST /portfolio/exchange answered {status}) but its answer was "
-            f"cut off or unreadable ({problem}), so the portfolioId is unknown. The portfolio exists on "
-            "CoinStats; the hook does not send a paid write twice. The task's next try (or a rerun) "
-            "reconnects for 10 credits and CoinStats answers 'existing' with the same portfolioId."
-        )
     return (
         f"CoinStats accepted {method} {path} (answered {status}) but its answer was cut off or unreadable "
         f"({problem}). The call was served and billed; it was not sent again automatically because it is a "
