@@ -52,7 +52,9 @@ def report(package, candidates):
         file = getattr(sys.modules.get(name), "__file__", None)
         present[name] = None if file is None else str(Path(file).resolve())
     plugins, errors = plugins_manager._get_plugins()
-    return {"modules": found, "candidates": present, "plugins": sorted(p.name for p in plugins), "errors": errors}
+    # plugins registered by installed distributions (entry points, e.g. OpenLineage's) are not the folder's
+    folder = [p for p in plugins if "EntryPoint" not in type(getattr(p, "source", None)).__name__]
+    return {"modules": found, "candidates": present, "plugins": sorted(p.name for p in folder), "errors": errors}
 
 
 scenarios = json.loads(sys.argv[1])
