@@ -5,6 +5,8 @@ Each exchange account is one ``coinstats_exchange`` connection; the operator is 
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import DAG, task
 
 from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
@@ -21,11 +23,11 @@ with DAG(
     catchup=False,
     tags=["coinstats", "example"],
     doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
 ):
     connect = ConnectExchangePortfolioOperator.partial(
         task_id="connect_exchange_portfolio",
         coinstats_conn_id="coinstats_default",
-        retries=2,
     ).expand(exchange_conn_id=EXCHANGE_CONN_IDS)
 
     @task

@@ -30,6 +30,55 @@ import structlog  # noqa: E402
 
 BASE_URL = "https://openapiv1.coinstats.app"
 
+#: Test packages of requirements-dev.in that neither Airflow nor this project depends on. An Astro Runtime
+#: image (where `astro dev pytest` runs `pytest tests/`) has none of them.
+DEV_ONLY_MODULES = ("responses", "pytest_asyncio")
+#: The tests that need nothing beyond the image: the Astro template's DAG tests.
+IMAGE_TESTS = ROOT / "tests" / "dags"
+
+
+def missing_dev_modules() -> list[str]:
+    """The dev-only test packages this interpreter cannot import (empty in ``.venv``)."""
+    import importlib
+
+    missing = []
+    for name in DEV_ONLY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+MISSING_DEV_MODULES = missing_dev_modules()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without the dev-only packages (inside the runtime image), collect only :data:`IMAGE_TESTS`.
+
+    :param collection_path: A path pytest is about to collect.
+    :param config: The pytest config.
+    """
+    if not MISSING_DEV_MODULES or not collection_path.is_relative_to(IMAGE_TESTS.parent):
+        return None
+    inside = collection_path == IMAGE_TESTS.parent or collection_path.is_relative_to(IMAGE_TESTS)
+    return None if inside else True
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say when the run is limited to the image's tests, and why.
+
+    :param config: The pytest config.
+    """
+    if not MISSING_DEV_MODULES:
+        return None
+    return (
+        f"dev-only test packages missing ({', '.join(MISSING_DEV_MODULES)}): collecting only "
+        f"{IMAGE_TESTS.relative_to(ROOT)}/, the tests that run inside the Astro Runtime image; "
+        "`make test` runs the whole suite"
+    )
+
+
 #: Unique canary values: if one of them shows up in a log, XCom, exception or table, a secret leaked.
 CANARIES = {
     "api_key": "CANARY-API-KEY-7f3a9c1e5b",

@@ -13,7 +13,6 @@ import configparser
 import fnmatch
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.unit.test_astro_project import cli_image_tag
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def uv() -> list[str]:
 
 def test_dockerfile_installs_the_project_as_a_registered_provider(tmp_path: Path) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG ASTRO_RUNTIME_IMAGE=\S+/runtime:3\.\d+-\d+$", dockerfile, re.M), "not an Airflow 3 runtime"
+    assert cli_image_tag(dockerfile)[1].startswith("3."), "not an Airflow 3 runtime"
     assert "RUN pip install --no-cache-dir --no-deps /usr/local/airflow" in dockerfile
 
     context = tmp_path / "usr-local-airflow"
