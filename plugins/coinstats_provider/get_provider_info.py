@@ -1,7 +1,9 @@
 """Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point.
 
-The ``conn-fields`` bounds and defaults of the ``coinstats`` connection are the ones the hook enforces
-(``coinstats_provider.hooks.connection``); ``tests/unit/test_provider_info.py`` keeps the two equal.
+The ``conn-fields`` bounds and defaults of the ``coinstats`` connection come from the constants the hook
+validates against (``hooks/connection_limits.py``); ``tests/unit/test_provider_info.py`` checks that the
+hook accepts each bound and rejects the nearest value outside it. Airflow imports this module while it
+initialises its configuration, so nothing imported here may import Airflow (a test checks).
 """
 
 from __future__ import annotations
@@ -9,12 +11,37 @@ from __future__ import annotations
 from typing import Any
 
 from coinstats_provider import DISTRIBUTION_NAME, __version__
+from coinstats_provider.hooks import connection_limits as settings
 
 INTEGRATION = "CoinStats"
+#: Modules holding sensors (``BaseSensorOperator`` subclasses); the ``sensors`` section lists them.
+SENSOR_MODULES: tuple[str, ...] = ()
+
+
+def _section(modules: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A modules section of the provider info: one entry for the integration, none without modules.
+
+    :param modules: Dotted module names.
+    """
+    return [{"integration-name": INTEGRATION, "python-modules": list(modules)}] if modules else []
+
+
+def _bounded(name: str, default: float | None = None, *, integer: bool = False) -> dict[str, Any]:
+    """JSON schema of a numeric ``coinstats`` extra, with the bounds the hook enforces.
+
+    :param name: The extra, a key of ``EXTRA_RANGES`` or ``max_retries``.
+    :param default: The hook's default, shown in the form (``None``: no default).
+    :param integer: Whether the extra is an integer.
+    """
+    low, high = settings.MAX_RETRIES_RANGE if name == "max_retries" else settings.EXTRA_RANGES[name]
+    schema: dict[str, Any] = {"type": ["integer" if integer else "number", "null"], "minimum": low, "maximum": high}
+    if default is not None:
+        schema["default"] = default
+    return schema
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Return the provider info dict (integration, modules, connection types with their UI form, extra links)."""
+    """Return the provider info (integration, modules, connection types with their UI form, extra links)."""
     # Long by nature: one declarative literal, the provider.yaml that Airflow reads, in a single place.
     return {
         "package-name": DISTRIBUTION_NAME,
@@ -49,6 +76,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [{"integration-name": INTEGRATION, "python-modules": ["coinstats_provider.triggers.sync"]}],
+        "sensors": _section(SENSOR_MODULES),
         "extra-links": ["coinstats_provider.links.portfolio.CoinStatsPortfolioLink"],
         "connection-types": [
             {
@@ -68,32 +96,32 @@ def get_provider_info() -> dict[str, Any]:
                     "timeout": {
                         "label": "Request timeout (seconds)",
                         "description": "Timeout of every HTTP request.",
-                        "schema": {"type": ["number", "null"], "minimum": 0.001, "maximum": 3600, "default": 30},
+                        "schema": _bounded("timeout", settings.DEFAULT_TIMEOUT),
                     },
                     "max_retries": {
                         "label": "Max retries",
                         "description": "Retries per request on 429, 5xx, timeouts and connection errors.",
-                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20, "default": 5},
+                        "schema": _bounded("max_retries", settings.DEFAULT_MAX_RETRIES, integer=True),
                     },
                     "backoff_base": {
                         "label": "Backoff base (seconds)",
                         "description": "Base of the retry delay; doubles per retry (with jitter) up to the cap.",
-                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 3600, "default": 1},
+                        "schema": _bounded("backoff_base", settings.DEFAULT_BACKOFF_BASE),
                     },
                     "backoff_max": {
                         "label": "Backoff cap (seconds)",
                         "description": "Longest wait between two tries, a Retry-After answer included.",
-                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 86400, "default": 60},
+                        "schema": _bounded("backoff_max", settings.DEFAULT_BACKOFF_MAX),
                     },
                     "credit_budget": {
                         "label": "Credit budget per task",
                         "description": "Fail before a call that would spend more CoinStats credits than this.",
-                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 1_000_000_000_000},
+                        "schema": _bounded("credit_budget", integer=True),
                     },
                     "support_cache_ttl": {
                         "label": "Exchange list cache (seconds)",
                         "description": "How long GET /exchange/support is cached in memory and on disk; 0 disables.",
-                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 2_592_000, "default": 3600},
+                        "schema": _bounded("support_cache_ttl", settings.DEFAULT_SUPPORT_CACHE_TTL),
                     },
                 },
             },

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import math
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,42 @@ def test_readme_documents_every_extra_of_the_form() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (row,) = (line for line in readme.splitlines() if line.startswith("| `coinstats_default` |"))
     assert [name for name in coinstats_conn_fields() if f"`{name}`" not in row] == []
+
+
+def test_get_provider_info_imports_no_airflow() -> None:
+    """Airflow calls the entry point while it initialises its configuration: an Airflow import would recurse."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from coinstats_provider.get_provider_info import get_provider_info; get_provider_info(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'airflow', 'requests', 'httpx'}))"
+    )
+    plugins = str(Path(__file__).resolve().parents[2] / "plugins")
+    done = subprocess.run([sys.executable, "-c", code, plugins], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_extra_the_readme_documents_is_in_the_form() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (row,) = (line for line in readme.splitlines() if line.startswith("| `coinstats_default` |"))
+    documented = set(re.findall(r"`([a-z_]+)`", row.split("Extras", 1)[1]))
+    assert documented == set(coinstats_conn_fields())
+
+
+def test_sensors_section_lists_exactly_the_modules_defining_sensors() -> None:
+    """Empty while the package has no sensors; then one entry naming each sensor module."""
+    from airflow.sdk import BaseSensorOperator
+
+    defining: set[str] = set()
+    try:
+        package = importlib.import_module("coinstats_provider.sensors")
+    except ModuleNotFoundError:
+        package = None
+    for info in pkgutil.iter_modules(package.__path__ if package else [], "coinstats_provider.sensors."):
+        module = importlib.import_module(info.name)
+        if any(
+            isinstance(value, type) and issubclass(value, BaseSensorOperator) and value.__module__ == module.__name__
+            for value in vars(module).values()
+        ):
+            defining.add(module.__name__)
+    assert {module for item in get_provider_info()["sensors"] for module in item["python-modules"]} == defining
+    assert all(item["integration-name"] == "CoinStats" for item in get_provider_info()["sensors"])

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from coinstats_provider.exceptions import CoinStatsConfigError
+from coinstats_provider.hooks.connection_limits import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_SUPPORT_CACHE_TTL,
+    DEFAULT_TIMEOUT,
+    EXTRA_RANGES,
+    MAX_RETRIES_RANGE,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -20,19 +28,6 @@ DEFAULT_PAGE_SIZE = 100
 #: Connection id a hook uses when none is given.
 DEFAULT_CONN_NAME = "coinstats_default"
 DEFAULT_BASE_URL = "https://openapiv1.coinstats.app"
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_BACKOFF_BASE = 1.0
-DEFAULT_BACKOFF_MAX = 60.0
-DEFAULT_SUPPORT_CACHE_TTL = 3600.0
-#: Allowed (minimum, maximum) of the numeric connection extras.
-_EXTRA_RANGES: Mapping[str, tuple[float, float]] = {
-    "timeout": (0.001, 3600.0),
-    "backoff_base": (0.0, 3600.0),
-    "backoff_max": (0.0, 86400.0),
-    "support_cache_ttl": (0.0, 30 * 86400.0),
-    "credit_budget": (0.0, 1e12),
-}
 
 
 @dataclass(frozen=True)
@@ -87,13 +82,13 @@ def _number(conn_id: str, key: str, value: Any, default: float) -> float:
     """Validate one numeric extra (or the hook argument of the same name) against its allowed range.
 
     :param conn_id: Connection id, for error messages.
-    :param key: Extra name, a key of ``_EXTRA_RANGES``.
+    :param key: Extra name, a key of ``EXTRA_RANGES``.
     :param value: The configured value; ``None`` or ``""`` means the default.
     :param default: Value used when nothing is configured.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
-    low, high = _EXTRA_RANGES[key]
+    low, high = EXTRA_RANGES[key]
     number: float | None = None
     if not isinstance(value, bool):
         try:
@@ -109,7 +104,7 @@ def _number(conn_id: str, key: str, value: Any, default: float) -> float:
 
 
 def _max_retries(conn_id: str, value: Any) -> int:
-    """Validate ``max_retries``: an integer from 0 to 20 (not a boolean, not a fraction, not NaN).
+    """Validate ``max_retries``: an integer within ``MAX_RETRIES_RANGE`` (not a boolean, fraction or NaN).
 
     :param conn_id: Connection id, for error messages.
     :param value: The configured value.
@@ -123,9 +118,10 @@ def _max_retries(conn_id: str, value: Any) -> int:
         isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,6}\s*", value, re.ASCII)
     ):
         number = int(value)
-    if number is None or not 0 <= number <= 20:
+    low, high = MAX_RETRIES_RANGE
+    if number is None or not low <= number <= high:
         raise CoinStatsConfigError(
-            f"Extra 'max_retries' of connection '{conn_id}' must be an integer between 0 and 20, "
+            f"Extra 'max_retries' of connection '{conn_id}' must be an integer between {low} and {high}, "
             f"got {_shown(value)}. Fix the connection extra (or the hook argument 'max_retries')."
         )
     return number
