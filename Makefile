@@ -9,7 +9,7 @@ UV := $(PYTHON) -m uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-fast demo sandbox lock clean
+.PHONY: setup lint test test-fast demo sandbox lock dist clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -42,5 +42,12 @@ sandbox: setup ## Start the local CoinStats sandbox on http://127.0.0.1:8765 (Ct
 lock: ## Re-resolve requirements.lock from requirements-dev.in (needs the package registry).
 	$(UV) pip compile requirements-dev.in --python-version 3.11 -o requirements.lock
 
+dist: setup ## Build the sdist and wheel into dist/ and check them with twine (uv installs the build backend).
+	rm -rf dist
+	PATH="$$(dirname "$$($(PYTHON) -c 'import uv; print(uv.find_uv_bin())')"):$$PATH" \
+		$(BIN)/python -m build --installer uv --outdir dist .
+	rm -rf build plugins/*.egg-info
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache dist

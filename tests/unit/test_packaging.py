@@ -137,3 +137,14 @@ def test_readme_tree_lists_every_module_of_the_package_and_nothing_that_is_gone(
     package = PACKAGE_DIR.relative_to(ROOT)
     assert {path for path in listed if path.suffix == ".py" and path.is_relative_to(package)} == modules
     assert Path("plugins/.airflowignore") in listed
+
+
+def test_license_file_is_the_declared_licence_and_the_changelog_has_this_version() -> None:
+    project = pyproject()["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert re.search(rf"^## \[{re.escape(project['version'])}\]", changelog, re.M)
