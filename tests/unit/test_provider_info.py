@@ -205,3 +205,12 @@ def test_sensors_section_lists_exactly_the_modules_defining_sensors() -> None:
             defining.add(module.__name__)
     assert {module for item in get_provider_info()["sensors"] for module in item["python-modules"]} == defining
     assert all(item["integration-name"] == "CoinStats" for item in get_provider_info()["sensors"])
+
+
+def test_portfolio_link_opens_a_documented_coinstats_page() -> None:
+    """No per-portfolio web URL is documented for API-created portfolios: the link opens the tracker page."""
+    from coinstats_provider.links.portfolio import PORTFOLIO_URL, portfolio_url
+
+    assert PORTFOLIO_URL == "https://coinstats.app/portfolio"
+    assert portfolio_url("pf 1/2") == PORTFOLIO_URL
+    assert portfolio_url("pf 1/2", "https://example.test/p/{portfolio_id}") == "https://example.test/p/pf%201%2F2"

@@ -1,4 +1,4 @@
-"""Operator extra link from a connect task to its portfolio in CoinStats."""
+"""Operator extra link from a connect task to CoinStats' portfolio tracker (see ``PORTFOLIO_URL``)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ from airflow.sdk.bases.xcom import BaseXCom
 if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
-#: CoinStats web page of a portfolio. The API documents no per-portfolio web URL; this opens the
-#: portfolio page of the signed-in CoinStats account with the id as a query parameter.
-PORTFOLIO_URL = "https://coinstats.app/portfolio/?portfolioId={portfolio_id}"
+#: Where the link points. CoinStats documents no web URL for a single portfolio created through the API
+#: (POST /portfolio/exchange): its docs name only https://coinstats.app/portfolio (the signed-in
+#: account's portfolio tracker, linked from the share-token instructions) and share links
+#: https://coinstats.app/p/<share token>, which need a token the API does not return. So the link opens
+#: the portfolio tracker; the portfolioId is in the task's return value. A template with a
+#: ``{portfolio_id}`` placeholder can be passed to :func:`portfolio_url` once such a URL exists.
+PORTFOLIO_URL = "https://coinstats.app/portfolio"
 
 
 def portfolio_url(portfolio_id: str, template: str = PORTFOLIO_URL) -> str:
-    """Return the CoinStats web URL of a portfolio.
+    """Return the CoinStats web page for a portfolio (see :data:`PORTFOLIO_URL`).
 
     :param portfolio_id: The portfolio.
-    :param template: URL template with a ``{portfolio_id}`` placeholder.
+    :param template: URL, optionally with a ``{portfolio_id}`` placeholder (filled URL-quoted).
     """
     return template.format(portfolio_id=quote(portfolio_id, safe=""))
 

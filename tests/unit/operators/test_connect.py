@@ -111,7 +111,7 @@ def test_connected(
     assert result == "pf-1"
     # The extra link's URL is pushed first, so the link works even if anything later fails.
     assert ti.pushed == [
-        ("portfolio_url", "https://coinstats.app/portfolio/?portfolioId=pf-1"),
+        ("portfolio_url", "https://coinstats.app/portfolio"),
         ("connection_id", "binance"),
         ("status", "connected"),
         ("credits_spent", 11),
@@ -143,7 +143,7 @@ def test_existing(
 
     assert result == "pf-1"
     assert ti.xcoms == {
-        "portfolio_url": "https://coinstats.app/portfolio/?portfolioId=pf-1",
+        "portfolio_url": "https://coinstats.app/portfolio",
         "connection_id": "binance",
         "status": "existing",
         "credits_spent": 11,
