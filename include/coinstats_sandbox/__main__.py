@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cut-count", type=int, default=0, metavar="N", help="cut the next N answers of the --cut-route paths")
     add("--cut-mode", default="length", choices=CUT_MODES, help="length: short body; chunked: stop mid-chunk")
     add("--transaction-ids", action="store_true", help="give every transaction a hash {id, explorerUrl}")
+    add(
+        "--container-network",
+        action="store_true",
+        help="allow a non-loopback --host such as 0.0.0.0 (only inside a container on a private network)",
+    )
     add = parser.add_argument
     add("--ready-file", type=Path, default=None, help="write the base URL here once listening")
     add("--quiet", action="store_true", help="do not log requests")
@@ -154,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         cut_count=args.cut_count,
         cut_mode=args.cut_mode,
         transaction_ids=args.transaction_ids,
+        container_network=args.container_network,
         **rates,
     )
 

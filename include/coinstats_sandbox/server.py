@@ -100,7 +100,7 @@ _SERVER_ERRORS: dict[int, str] = {
     503: "Service Unavailable. Please Contact Support",
     504: "Gateway Timeout",
 }
-_RUNTIME_FIXED = frozenset({"host", "port"})
+_RUNTIME_FIXED = frozenset({"host", "port", "container_network"})
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,14 +153,17 @@ class SandboxConfig:
     cut_count: int = 0
     cut_mode: str = "length"
     transaction_ids: bool = False
+    #: Allow a non-loopback ``host`` (e.g. ``0.0.0.0``): only for a container on a private network,
+    #: such as the ``coinstats-sandbox`` service of ``docker-compose.override.yml``.
+    container_network: bool = False
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             self._check_type(item.name, getattr(self, item.name))
-        if not _is_loopback(self.host):
+        if not _is_loopback(self.host) and not self.container_network:
             raise ValueError(
                 f"refusing to listen on {self.host!r}: the sandbox only binds to loopback "
-                "addresses (127.0.0.1, ::1, localhost)"
+                "addresses (127.0.0.1, ::1, localhost) unless --container-network is given"
             )
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
@@ -296,6 +299,7 @@ _FIELD_KINDS: dict[str, str] = {
     "cut_count": "int",
     "cut_mode": "str",
     "transaction_ids": "bool",
+    "container_network": "bool",
 }
 
 

@@ -142,6 +142,22 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+#: Environment variable naming extra hosts (comma-separated) that may be reached over plain ``http://``,
+#: such as a sandbox container (``coinstats-sandbox``). Set by whoever runs Airflow, never by a connection.
+PLAIN_HTTP_HOSTS_ENV = "COINSTATS_PLAIN_HTTP_HOSTS"
+
+
+def _plain_http_allowed(hostname: str) -> bool:
+    """Tell whether plain ``http://`` may reach ``hostname``: loopback, or listed in ``PLAIN_HTTP_HOSTS_ENV``.
+
+    :param hostname: Host name as parsed from a URL (lower-cased, without brackets).
+    """
+    import os  # read when a connection is parsed, never at DAG parse time
+
+    listed = {name.strip().lower() for name in os.environ.get(PLAIN_HTTP_HOSTS_ENV, "").split(",") if name.strip()}
+    return _is_loopback(hostname) or hostname.lower() in listed
+
+
 def build_base_url(conn_id: str, host: str | None, port: int | None) -> str:
     """Build the API base URL from a connection's host and port.
 
@@ -175,12 +191,12 @@ def build_base_url(conn_id: str, host: str | None, port: int | None) -> str:
             f"Connection '{conn_id}' host must not contain credentials, a query or a fragment; "
             "put the API key in the Password field."
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _plain_http_allowed(parts.hostname):
         raise CoinStatsConfigError(
             f"Connection '{conn_id}' uses plain http:// for host {parts.hostname}: the API key would travel "
             f"unencrypted. Use https://{parts.netloc}{parts.path.rstrip('/')} as the host; plain http is only "
             "accepted for a loopback host (localhost, 127.0.0.0/8, ::1), such as the sandbox at "
-            "http://127.0.0.1:8765."
+            f"http://127.0.0.1:8765, or a host listed in the environment variable {PLAIN_HTTP_HOSTS_ENV}."
         )
     netloc = parts.netloc
     if port:
