@@ -9,8 +9,10 @@ the import system, which is as close to the image as this machine gets without D
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,30 @@ def test_astro_dev_pytest_runs_the_image_tests_and_they_pass() -> None:
     assert "passed" in summary, summary
     assert "failed" not in summary, summary
     assert "error" not in summary, summary
+
+
+def test_astro_dev_parse_runs_the_integrity_test_and_it_passes(tmp_path: Path) -> None:
+    """``astro dev parse`` runs ``pytest .astro/test_dag_integrity_default.py`` in the image (a fresh DB)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path),
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", ".astro/test_dag_integrity_default.py", "-p", "no:cacheprovider", "-rA"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    passed = [line for line in out.splitlines() if line.startswith("PASSED ")]
+    # The template iterates ``dag_bag.dags`` (DAG ids) and makes each relative to AIRFLOW_HOME: keep the last part.
+    assert {Path(line.split("[", 1)[1].rsplit("]", 1)[0]).name for line in passed} == {
+        "coinstats_connect_accounts",
+        "coinstats_portfolio_sync",
+    }, passed

@@ -21,6 +21,7 @@ import hashlib
 import re
 import tomllib
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -48,7 +49,10 @@ SCAFFOLD_DOCKERIGNORE = [
 ]
 #: sha256 of ``pkg/airflowrt/include/airflow3/dagexampletest.py`` (the Airflow 3 template DAG test).
 TEMPLATE_DAG_TEST_SHA256 = "8732b081a173269e9820c2af19382071ce493f2886c2870101e8ed337bffb95f"
-#: The one change Airflow 3.3.2 forces on that template: ``DagBag`` lost ``include_examples``.
+#: sha256 of ``pkg/airflowrt/include/airflow3/dagintegritytestdefault.py`` (what ``astro dev parse`` runs,
+#: from ``.astro/test_dag_integrity_default.py``).
+TEMPLATE_PARSE_TEST_SHA256 = "b1c4cd80dfa696b1994c31439bd7312ece0b5fafcc68c0d7242684599281eda3"
+#: The one change Airflow 3.3.2 forces on those templates: ``DagBag`` lost ``include_examples``.
 TEMPLATE_ADAPTATION = (
     "DagBag(include_examples=False)",
     "DagBag()  # Airflow 3.3.2: DagBag(include_examples=...) is gone",
@@ -186,8 +190,19 @@ def test_dockerignore_is_the_scaffolds_plus_build_leftovers_and_keeps_what_the_i
     assert [path for path in needed if docker_ignores(path, patterns)] == []
 
 
-def test_the_template_dag_test_is_shipped_changed_only_where_airflow_3_3_2_broke_it() -> None:
-    shipped = (ROOT / "tests" / "dags" / "test_dag_example.py").read_text()
+@pytest.mark.parametrize(
+    ("path", "uses", "sha256"),
+    [
+        ("tests/dags/test_dag_example.py", 2, TEMPLATE_DAG_TEST_SHA256),
+        (".astro/test_dag_integrity_default.py", 1, TEMPLATE_PARSE_TEST_SHA256),
+    ],
+)
+def test_the_template_tests_are_shipped_changed_only_where_airflow_3_3_2_broke_them(
+    path: str, uses: int, sha256: str
+) -> None:
+    shipped = (ROOT / path).read_text()
     new, old = TEMPLATE_ADAPTATION[1], TEMPLATE_ADAPTATION[0]
-    assert shipped.count(new) == 2
-    assert hashlib.sha256(shipped.replace(new, old).encode()).hexdigest() == TEMPLATE_DAG_TEST_SHA256
+    assert shipped.count(new) == uses
+    assert hashlib.sha256(shipped.replace(new, old).encode()).hexdigest() == sha256
+    # The parse test reads this file unconditionally (it fails with a NameError without it).
+    assert (ROOT / ".astro" / "dag_integrity_exceptions.txt").is_file()
