@@ -4,7 +4,7 @@ Besides the sizes and the random faults, the flags switch on the misbehaviours d
 :mod:`include.coinstats_sandbox.server`: ``--redirect-to/--redirect-status/--redirect-route``,
 ``--shift-after-page/--shift-insert/--shift-delete``, ``--limit-cap``,
 ``--stall-seconds/--stall-route/--stall-on-page``, ``--fault-rate-cut/--cut-route/--cut-count/--cut-mode``
-and ``--transaction-ids``. All of them can also be changed at runtime with ``POST /_sandbox/config``.
+``--transaction-ids`` and ``--ignore-from``. All of them can also be changed at runtime with ``POST /_sandbox/config``.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cut-count", type=int, default=0, metavar="N", help="cut the next N answers of the --cut-route paths")
     add("--cut-mode", default="length", choices=CUT_MODES, help="length: short body; chunked: stop mid-chunk")
     add("--transaction-ids", action="store_true", help="give every transaction a hash {id, explorerUrl}")
+    add("--ignore-from", action="store_true", help="accept the transactions 'from' filter but do not apply it")
     add = parser.add_argument
     add("--ready-file", type=Path, default=None, help="write the base URL here once listening")
     add("--quiet", action="store_true", help="do not log requests")
@@ -154,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         cut_count=args.cut_count,
         cut_mode=args.cut_mode,
         transaction_ids=args.transaction_ids,
+        ignore_from=args.ignore_from,
         **rates,
     )
 
