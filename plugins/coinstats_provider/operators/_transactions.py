@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 from coinstats_provider.credits import TRANSACTIONS_PAGE_COST
 from coinstats_provider.exceptions import CoinStatsFilterIgnoredError
 from coinstats_provider.warehouse.sync_state import (
+    DEFAULT_FULL_EVERY_DAYS,
+    DEFAULT_MODE,
+    DEFAULT_OVERLAP_HOURS,
     FULL,
     INCREMENTAL,
     MODES,
@@ -51,12 +54,6 @@ __all__ = [
     "full_read_credits",
 ]
 
-#: The mode a load runs when none is given.
-DEFAULT_MODE = FULL
-#: How far before the newest loaded transaction an incremental read starts.
-DEFAULT_OVERLAP_HOURS = 24.0
-#: Longest time between two full reconciles in incremental mode.
-DEFAULT_FULL_EVERY_DAYS = 7.0
 
 #: The load operator's templated arguments for this mode (the DAG passes its Params).
 TEMPLATE_FIELDS: tuple[str, ...] = ("transactions_mode", "transactions_overlap_hours", "full_every_days")

@@ -19,6 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_FULL_EVERY_DAYS",
+    "DEFAULT_MODE",
+    "DEFAULT_OVERLAP_HOURS",
     "FULL",
     "INCREMENTAL",
     "MODES",
@@ -33,6 +36,12 @@ FULL: Mode = "full"
 INCREMENTAL: Mode = "incremental"
 #: The transactions modes, as the DAG's Param and the operator accept them.
 MODES: tuple[Mode, ...] = (FULL, INCREMENTAL)
+#: The mode a load runs when none is given (README "Credits" says why it is not ``incremental``).
+DEFAULT_MODE: Mode = FULL
+#: How far before the newest loaded transaction an incremental read starts.
+DEFAULT_OVERLAP_HOURS = 24.0
+#: Longest time between two full reconciles in incremental mode.
+DEFAULT_FULL_EVERY_DAYS = 7.0
 
 
 def parse_moment(text: Any) -> datetime | None:
