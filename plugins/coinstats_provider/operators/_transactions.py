@@ -144,7 +144,8 @@ class TransactionsOutcome:
     :param changes: Inserted/updated/removed counts and the stream's length.
     :param stored: Transactions stored for the portfolio afterwards.
     :param credits: Credits the transactions reads spent (fallback reads included).
-    :param full_read_credits: What a full read of the stored list costs.
+    :param full_read_credits: What a full read of the stored list costs (one page more than fills up).
+    :param wasted: Credits an abandoned incremental read spent before a fallback.
     """
 
     requested: str
@@ -154,11 +155,12 @@ class TransactionsOutcome:
     stored: int
     credits: int
     full_read_credits: int
+    wasted: int = 0
 
     @property
     def credits_saved(self) -> int:
-        """Credits this load saved against a full read (0 for a full read; negative after a fallback)."""
-        return 0 if self.requested == FULL else self.full_read_credits - self.credits
+        """Credits saved against a full read: 0 when a full read ran, minus the abandoned read's after a fallback."""
+        return self.full_read_credits - self.credits if self.mode == INCREMENTAL else -self.wasted
 
     def result(self) -> dict[str, Any]:
         """The keys the load task returns (and the run's summary reads)."""
@@ -213,6 +215,7 @@ class TransactionsLoad:
         self.now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         self.spent_before = hook.credits.spent_this_try
         self.fallback: str | None = None
+        self.wasted = 0
 
     def plan(self) -> tuple[SyncState | None, ReadPlan]:
         """The state row and the read it calls for (a fallback already taken this try forces ``full``)."""
@@ -247,6 +250,7 @@ class TransactionsLoad:
             try:
                 changes = self._incremental(plan, state, items)
             except (CoinStatsFilterIgnoredError, _WindowNotProven) as err:
+                self.wasted = self.hook.credits.spent_this_try - self.spent_before
                 self.fallback = f"fallback from incremental: {err}"
                 self.log.warning(
                     "Transactions of portfolio %s: the incremental read cannot stand (%s); nothing of it was "
@@ -314,6 +318,7 @@ class TransactionsLoad:
             stored=stored,
             credits=self.hook.credits.spent_this_try - self.spent_before,
             full_read_credits=full_read_credits(stored, self.page_size),
+            wasted=self.wasted,
         )
         self.log.info(
             "Transactions of portfolio %s: %s mode ran (%s, %s requested): %d read, %d stored; %d credits, "
