@@ -17,7 +17,17 @@ sync started, a sync of ``S`` s needs ``ceil(S / I)``.
 ``--real`` also runs the sync step once with the sandbox's sync taking 60 s and the operator's default
 poll interval (30 s); goal: <= 3 polls.
 
-``python -m bench.credits_per_sync [--transactions 2500] [--sync-seconds 6 --poll-interval 3] [--real]``
+``--modes`` instead runs the transactions modes side by side in one sandbox: two portfolios of
+``--transactions`` each, one loaded with ``transactions_mode="full"``, the other with ``"incremental"``
+(default overlap 24 h, full reconcile every 7 days), through the same daily sequence on day 1, day 2
+(5 new transactions, plus one old transaction's note edited and another old one deleted, both outside the
+incremental window) and day 8 (5 more new ones). Days 3-7 are not run: the days in between are simulated by
+moving the incremental portfolio's recorded last full reconcile back 7 days (the sandbox's data has no
+clock). After every day the warehouse is compared with the sandbox's own list (``GET /_sandbox/transactions``,
+keyed as the loader keys a full stream). Goal: <= 75 credits on the incremental day (168 before), and the
+warehouse equal to the sandbox's list after every reconcile.
+
+``python -m bench.credits_per_sync [--transactions 2500] [--sync-seconds 6 --poll-interval 3] [--real] [--modes]``
 """
 
 from __future__ import annotations
@@ -87,8 +97,10 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
     from coinstats_provider.operators.sync import SyncPortfolioOperator
 
     kwargs: dict[str, Any] = {} if poll_interval is None else {"poll_interval": poll_interval}
+    # The DAG waits in the triggerer (its deferrable Param defaults to on); Airflow's shipped
+    # [operators] default_deferrable is off, so say so here.
     sync = SyncPortfolioOperator(
-        task_id="sync", portfolio_id=portfolio_id, coinstats_conn_id="coinstats_default", **kwargs
+        task_id="sync", portfolio_id=portfolio_id, coinstats_conn_id="coinstats_default", deferrable=True, **kwargs
     )
     context = task_context()
     start = time.monotonic()
@@ -122,8 +134,21 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
     }
 
 
-def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[tuple[float, str]]) -> dict[str, Any]:
-    """One daily sync of one portfolio; returns credits per step from all three sources."""
+def run_day(
+    base_url: str,
+    poll_interval: float,
+    transactions: int,
+    trace: list[tuple[float, str]],
+    *,
+    exchange_conn_id: str = "coinstats_exchange_binance",
+    transactions_mode: str = "full",
+) -> dict[str, Any]:
+    """One daily sync of one portfolio; returns credits per step from all three sources.
+
+    :param transactions: Transactions the portfolio's table must hold afterwards.
+    :param exchange_conn_id: The exchange account to connect.
+    :param transactions_mode: The transactions load's mode.
+    """
     from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
     from coinstats_provider.operators.load import DATASETS, LoadPortfolioOperator
 
@@ -132,7 +157,7 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
 
     connect_exchange_portfolio = ConnectExchangePortfolioOperator(
         task_id="connect_exchange_portfolio",
-        exchange_conn_id="coinstats_exchange_binance",
+        exchange_conn_id=exchange_conn_id,
         coinstats_conn_id="coinstats_default",
     )
     context = task_context()
@@ -167,12 +192,17 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
     stats = after
 
     rows: dict[str, int] = {}
+    transactions_result: dict[str, Any] = {}
     for dataset in DATASETS:
-        load = LoadPortfolioOperator(task_id=f"load_{dataset}", portfolio_id=portfolio_id, dataset=dataset)
+        load = LoadPortfolioOperator(
+            task_id=f"load_{dataset}", portfolio_id=portfolio_id, dataset=dataset, transactions_mode=transactions_mode
+        )
         context = task_context()
         result = load.execute(context)  # type: ignore[arg-type]
         after = sandbox_stats(base_url)
         rows[dataset] = int(result["rows"])
+        if dataset == "transactions":
+            transactions_result = result
         steps.append(
             {
                 "step": f"load_{dataset}",
@@ -186,7 +216,7 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
         )
         stats = after
     assert rows["transactions"] == transactions, rows
-    return {"portfolio_id": portfolio_id, "steps": steps, "rows": rows}
+    return {"portfolio_id": portfolio_id, "steps": steps, "rows": rows, "transactions": transactions_result}
 
 
 def minimum(uncached: bool, polls: int, coins: int, transactions: int) -> dict[str, int]:
@@ -264,6 +294,151 @@ def report_day(label: str, day: dict[str, Any], uncached: bool, sync_s: float, p
     return totals
 
 
+def _day_credits(day: dict[str, Any]) -> dict[str, int]:
+    """Credits the sandbox charged for one portfolio's day: in all, and for its transactions reads."""
+    total = sum(sum(step["charged"].values()) for step in day["steps"])
+    reads = sum(step["charged"].get("GET /portfolio/transactions", 0) for step in day["steps"])
+    return {"total": total, "transactions": reads}
+
+
+def _differences(base_url: str, portfolio_id: str) -> int:
+    """Transactions (keys) whose row differs between the warehouse and the sandbox's list, or is only in one."""
+    from decimal import Decimal
+
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import TABLES, TRANSACTIONS_TABLE
+    from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
+
+    listed = http_json("GET", f"{base_url}/_sandbox/transactions?portfolioId={portfolio_id}&currency=USD")["data"]
+    items = json.loads(json.dumps(listed), parse_float=Decimal)
+    truth = {
+        (row["transaction_key"], row["payload_json"])
+        for row in transaction_rows(portfolio_id, items, TransactionKeyer())
+    }
+    names = [c for c in TABLES[TRANSACTIONS_TABLE].column_names if c != "loaded_at"]
+    key, payload = names.index("transaction_key"), names.index("payload_json")
+    stored = {
+        (row[key], row[payload])
+        for row in CoinStatsWarehouse().fetch_table(TRANSACTIONS_TABLE, exclude=("loaded_at",))
+        if row[0] == portfolio_id
+    }
+    return len({key for key, _ in truth ^ stored})
+
+
+def _age_last_full(portfolio_id: str, days: float) -> None:
+    """Move the portfolio's recorded last full reconcile ``days`` back: the days in between pass."""
+    import datetime as dt
+
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import SYNC_STATE_TABLE
+
+    warehouse = CoinStatsWarehouse()
+    state = warehouse.sync_state(portfolio_id)
+    assert state is not None
+    assert state.last_full_at is not None
+    moved = (dt.datetime.fromisoformat(state.last_full_at) - dt.timedelta(days=days)).isoformat()
+    with warehouse._transaction() as cur:
+        sql = f"UPDATE {SYNC_STATE_TABLE} SET last_full_at = ? WHERE portfolio_id = ?"  # noqa: S608
+        cur.execute(sql, (moved, portfolio_id))
+
+
+def run_modes(args: argparse.Namespace) -> dict[str, Any]:
+    """Days 1, 2 and 8 of a full-mode and an incremental-mode portfolio, side by side; print the table."""
+    accounts = {"full": "coinstats_exchange_binance", "incremental": "coinstats_exchange_binance_b"}
+    set_connection(
+        accounts["incremental"],
+        conn_type="coinstats_exchange",
+        login="bench-key-b",
+        password="bench-secret-b",
+        extra={"connection_id": "binance"},
+    )
+    expected = dict.fromkeys(accounts, args.transactions)
+    results: dict[str, Any] = {"days": []}
+    trace: list[tuple[float, str]] = []
+    with sandbox(
+        transactions=args.transactions, sync_seconds=args.sync_seconds, coins=args.coins, credits=10_000_000
+    ) as server:
+        set_connection("coinstats_default", conn_type="coinstats", host=server.base_url, password=API_KEY)
+        base = server.base_url
+        pids: dict[str, str] = {}
+        for day in (1, 2, 8):
+            if day == 8:
+                _age_last_full(pids["incremental"], 7)
+            if day > 1:
+                for mode, pid in pids.items():
+                    http_json("POST", f"{base}/_sandbox/transactions/add", {"portfolioId": pid, "count": 5})
+                    expected[mode] += 5
+                    if day == 2:  # outside the one-day window: only a full read sees these before day 8
+                        note = {"portfolioId": pid, "index": 300, "note": "edited on day 2"}
+                        http_json("POST", f"{base}/_sandbox/transactions/note", note)
+                        http_json("POST", f"{base}/_sandbox/transactions/delete", {"portfolioId": pid, "index": 900})
+                        expected[mode] -= 1
+            entry: dict[str, Any] = {"day": day}
+            for mode, conn_id in accounts.items():
+                stored = expected[mode] if mode == "full" or day != 2 else expected[mode] + 1  # no delete yet
+                outcome = run_day(
+                    base, args.poll_interval, stored, trace, exchange_conn_id=conn_id, transactions_mode=mode
+                )
+                pids[mode] = outcome["portfolio_id"]
+                credits = _day_credits(outcome)
+                txn = outcome["transactions"]
+                entry[mode] = {
+                    **credits,
+                    "ran": txn["mode"],
+                    "reason": txn["mode_reason"],
+                    "saved": txn["credits_saved"],
+                    "changes": [txn["inserted"], txn["updated"], txn["removed"]],
+                    "rows": outcome["rows"]["transactions"],
+                    "differences": _differences(base, outcome["portfolio_id"]),
+                }
+            results["days"].append(entry)
+
+    print(f"\ntransactions modes side by side: {args.transactions:,} transactions per portfolio, page 100")
+    rows = []
+    for entry in results["days"]:
+        for mode in accounts:
+            one = entry[mode]
+            rows.append(
+                [
+                    entry["day"],
+                    mode,
+                    one["ran"],
+                    one["reason"],
+                    one["total"],
+                    one["transactions"],
+                    one["saved"],
+                    "/".join(map(str, one["changes"])),
+                    one["rows"],
+                    one["differences"],
+                ]
+            )
+    headers = [
+        "day",
+        "mode asked",
+        "mode ran",
+        "why",
+        "credits (day)",
+        "credits (transactions reads)",
+        "saved vs full read",
+        "inserted/updated/removed",
+        "rows stored",
+        "rows differing from sandbox",
+    ]
+    print(table(headers, rows))
+    incremental_day = next(e for e in results["days"] if e["day"] == 2)["incremental"]["total"]
+    reconciles_equal = all(
+        entry[mode]["differences"] == 0
+        for entry in results["days"]
+        for mode in accounts
+        if entry[mode]["ran"] == "full"
+    )
+    print(
+        f"incremental day: {incremental_day} credits (goal <= 75; {'yes' if incremental_day <= 75 else 'NO'}); "
+        f"warehouse equal to the sandbox after every full read/reconcile: {'yes' if reconciles_equal else 'NO'}"
+    )
+    return results
+
+
 def main() -> None:
     """Run the days (and the real 60 s case) and print the tables."""
     parser = argparse.ArgumentParser(prog="python -m bench.credits_per_sync", description=__doc__.split("\n\n")[0])
@@ -275,6 +450,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="also: 60 s sync, default 30 s poll interval")
     parser.add_argument("--real-sync-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    parser.add_argument("--modes", action="store_true", help="full vs incremental transactions, days 1, 2 and 8")
     args = parser.parse_args()
 
     info = machine_info()
@@ -303,6 +479,15 @@ def main() -> None:
             password=BINANCE_FIELDS["apiSecret"],
             extra={"connection_id": "binance"},
         )
+        if args.modes:
+            support_cache.clear()
+            shutil.rmtree(os.environ["COINSTATS_CACHE_DIR"], ignore_errors=True)
+            results["modes"] = run_modes(args)
+            print("\nraw:")
+            print(json.dumps(results["modes"], default=str))
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str))
+            return
         with sandbox(
             transactions=args.transactions, sync_seconds=args.sync_seconds, coins=args.coins, credits=10_000_000
         ) as server:

@@ -23,6 +23,12 @@ from coinstats_provider.operators.connect import ConnectExchangePortfolioOperato
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
 from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
+from coinstats_provider.warehouse.sync_state import (
+    DEFAULT_FULL_EVERY_DAYS,
+    DEFAULT_MODE,
+    DEFAULT_OVERLAP_HOURS,
+    MODES,
+)
 
 DAG_ID = "coinstats_portfolio_sync"
 COINSTATS_CONN_ID = "coinstats_default"
@@ -96,6 +102,34 @@ with DAG(
             type="boolean",
             title="Wait in the triggerer",
             description="Off: poll on the worker (for deployments without a triggerer).",
+            **DRAFT_07,
+        ),
+        "transactions_mode": Param(
+            DEFAULT_MODE,
+            type="string",
+            enum=list(MODES),
+            title="Transactions mode",
+            description="full: the whole list every run (the table equals CoinStats after each run). incremental: "
+            "only the transactions since the newest one loaded (minus the overlap), inserts and updates only, "
+            "with a full reconcile every full_every_days.",
+            **DRAFT_07,
+        ),
+        "transactions_overlap_hours": Param(
+            DEFAULT_OVERLAP_HOURS,
+            type="number",
+            minimum=0,
+            maximum=24 * 366,
+            title="Incremental overlap (hours)",
+            description="An incremental read starts this long before the newest transaction already loaded.",
+            **DRAFT_07,
+        ),
+        "full_every_days": Param(
+            DEFAULT_FULL_EVERY_DAYS,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=366,
+            title="Full reconcile every (days)",
+            description="Incremental mode reads the whole list (and picks up deletions) at least this often.",
             **DRAFT_07,
         ),
     },
@@ -175,7 +209,22 @@ with DAG(
                 params["sync_poll_seconds"],
             )
         ti.xcom_push(key="accounts", value=records)
+        if "transactions" in params["datasets"]:
+            plan_transactions(records, params)
         return pipeline.portfolio_work(records, sync_budget, load_budget)
+
+    def plan_transactions(records: list[Any], params: Any) -> None:
+        """Print and push (XCom ``transactions_plan``) which transactions read each portfolio's load plans."""
+        with failing_fast("Planning the transactions reads"):
+            plan = pipeline.plan_transactions(
+                WAREHOUSE_CONN_ID,
+                [r["portfolio_id"] for r in records],
+                mode=params["transactions_mode"],
+                overlap_hours=params["transactions_overlap_hours"],
+                full_every_days=params["full_every_days"],
+            )
+        print(pipeline.format_transactions_plan(plan))
+        get_current_context()["ti"].xcom_push(key="transactions_plan", value=plan)
 
     registered = register_portfolios(accounts, connect.output)  # type: ignore[arg-type]
 
@@ -203,6 +252,9 @@ with DAG(
                 credit_budget=load_budget,
                 outlets=[ASSETS[dataset]],
                 pool=POOL,
+                transactions_mode="{{ params.transactions_mode }}",
+                transactions_overlap_hours="{{ params.transactions_overlap_hours }}",
+                full_every_days="{{ params.full_every_days }}",
             )
             sync >> load
 

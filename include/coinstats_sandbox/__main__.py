@@ -4,7 +4,7 @@ Besides the sizes and the random faults, the flags switch on the misbehaviours d
 :mod:`include.coinstats_sandbox.server`: ``--redirect-to/--redirect-status/--redirect-route``,
 ``--shift-after-page/--shift-insert/--shift-delete``, ``--limit-cap``,
 ``--stall-seconds/--stall-route/--stall-on-page``, ``--fault-rate-cut/--cut-route/--cut-count/--cut-mode``
-and ``--transaction-ids``. All of them can also be changed at runtime with ``POST /_sandbox/config``.
+``--transaction-ids`` and ``--ignore-from``. All of them can also be changed at runtime with ``POST /_sandbox/config``.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --host such as 0.0.0.0 (only inside a container on a private network)",
     )
+    add("--ignore-from", action="store_true", help="accept the transactions 'from' filter but do not apply it")
     add = parser.add_argument
     add("--ready-file", type=Path, default=None, help="write the base URL here once listening")
     add("--quiet", action="store_true", help="do not log requests")
@@ -160,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         cut_mode=args.cut_mode,
         transaction_ids=args.transaction_ids,
         container_network=args.container_network,
+        ignore_from=args.ignore_from,
         **rates,
     )
 

@@ -40,6 +40,10 @@ Switches that make the sandbox misbehave like a real API:
   ``Transfer-Encoding: chunked`` and stops mid-chunk.
 * **Transaction ids** -- ``transaction_ids``: every transaction carries
   ``hash: {"id": "0x...", "explorerUrl": "..."}``, stable per transaction and across edits.
+* **Date filter** -- ``GET /portfolio/transactions`` honours ``from`` (ISO 8601 date-time with a
+  timezone, or ``YYYY-MM-DD`` for midnight UTC; inclusive): it pages through only the transactions dated
+  at or after it. ``ignore_from`` makes it accept ``from`` and page through the whole list anyway, like an
+  API that ignores the filter.
 
 ``GET /_sandbox/stats`` counts the redirect, shift, stall and cut events under ``switches``.
 """
@@ -66,6 +70,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -156,6 +161,7 @@ class SandboxConfig:
     #: Allow a non-loopback ``host`` (e.g. ``0.0.0.0``): only for a container on a private network,
     #: such as the ``coinstats-sandbox`` service of ``docker-compose.override.yml``.
     container_network: bool = False
+    ignore_from: bool = False
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -300,6 +306,7 @@ _FIELD_KINDS: dict[str, str] = {
     "cut_mode": "str",
     "transaction_ids": "bool",
     "container_network": "bool",
+    "ignore_from": "bool",
 }
 
 
@@ -779,6 +786,7 @@ class SandboxApp:
         self._lookup_required_first(call)
         currency = self._currency(call, required=True)
         page, limit = self._paging(call)
+        since = self._since(call)
         with self._lock:
             portfolio = self._lookup(call)
             assert portfolio is not None
@@ -793,10 +801,25 @@ class SandboxApp:
             edits = {key: copy.deepcopy(portfolio.edits[key]) for key in identities if key in portfolio.edits}
             self._maybe_shift(portfolio, generated, page, call.config)
         ids = call.config.transaction_ids
-        return {
-            "data": [_render(spec, key, edits.get(key), currency, ids=ids) for key in identities],
-            "meta": {"page": page, "limit": limit},
-        }
+        items = [_render(spec, key, edits.get(key), currency, ids=ids) for key in identities]
+        if since is not None and not call.config.ignore_from:
+            # The list is newest first, so the transactions from ``since`` on are a prefix of it.
+            dates = [_parse_moment(item["date"]) for item in items]
+            kept = next((i for i, moment in enumerate(dates) if moment is None or moment < since), len(items))
+            items = items[:kept]
+        return {"data": items, "meta": {"page": page, "limit": limit}}
+
+    @staticmethod
+    def _since(call: _Call) -> datetime | None:
+        """The ``from`` query parameter as an aware moment (``None`` when absent); 400 when unreadable."""
+        raw = call.query.get("from", "")
+        if not raw:
+            return None
+        text = raw.strip()
+        moment = _parse_moment(text + "T00:00:00Z" if len(text) == 10 else text, strict=True)
+        if moment is None:
+            raise ApiError(400, "Invalid parameter: from")
+        return moment
 
     def _maybe_shift(self, portfolio: _Portfolio, generated: int, page: int, config: SandboxConfig) -> None:
         """Apply the armed ``shift_*`` switch after serving ``page`` (caller holds the lock)."""
@@ -1020,6 +1043,17 @@ class SandboxApp:
             except ValueError as exc:
                 return error_response(400, str(exc), path)
         return error_response(404, f"Cannot {method} {path}", path)
+
+
+def _parse_moment(text: str, *, strict: bool = False) -> datetime | None:
+    """An ISO 8601 date-time with a timezone; ``None`` if unreadable (or naive, with ``strict``)."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None if strict else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def _render(

@@ -92,6 +92,17 @@ class CoinStatsListChangedError(CoinStatsResponseError):
         super().__init__(message, retryable=True, cause="list changed between page reads")
 
 
+class CoinStatsFilterIgnoredError(CoinStatsResponseError):
+    """CoinStats answered a ``from``-filtered read with items dated before ``from``: it did not apply the filter.
+
+    The stream was abandoned before anything was written; read the whole list instead (the transactions
+    load does that on its own). Not retryable: the same request gets the same answer.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, cause="date filter not applied")
+
+
 class CoinStatsAPIError(CoinStatsError):
     """CoinStats answered with an HTTP error status.
 

@@ -1,4 +1,4 @@
-"""Run-level steps of the portfolio sync pipeline: resolve accounts, register portfolios, summarise.
+"""Run-level steps of the portfolio sync pipeline: resolve accounts, register portfolios, plan, summarise.
 
 Pure functions (plus the warehouse write in :func:`register_portfolios`) called by the DAG's ``@task``
 steps, so the DAG file only declares.
@@ -6,6 +6,7 @@ steps, so the DAG file only declares.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from coinstats_provider.credits import (
     VALUE_COST,
 )
 from coinstats_provider.exceptions import CoinStatsConfigError
+from coinstats_provider.hooks.connection import DEFAULT_PAGE_SIZE
 from coinstats_provider.warehouse.schema import DATASET_TABLES
 
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
@@ -276,6 +278,8 @@ def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
             entry["rows"][result["table"]] = int(result.get("rows") or 0)
         if any(k in result for k in _TRANSACTION_CHANGES):
             entry["transactions"] = {k: int(result.get(k) or 0) for k in _TRANSACTION_CHANGES}
+        if "mode" in result:
+            entry["transactions_mode"] = {k: result.get(k) for k in _TRANSACTION_MODE_KEYS}
     rows_total: dict[str, int] = {}
     for entry in portfolios.values():
         for table, count in entry["rows"].items():
@@ -284,11 +288,18 @@ def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
         "portfolios": list(portfolios.values()),
         "rows": rows_total,
         "total_credits": sum(e["credits_spent"] for e in portfolios.values()),
+        "credits_saved": sum(
+            int(e["transactions_mode"].get("credits_saved") or 0)
+            for e in portfolios.values()
+            if "transactions_mode" in e
+        ),
     }
 
 
 #: Keys of a transactions load result that say how the mirrored table changed.
 _TRANSACTION_CHANGES = ("inserted", "updated", "removed")
+#: Keys of a transactions load result that say which mode ran and what it saved.
+_TRANSACTION_MODE_KEYS = ("mode", "mode_requested", "mode_reason", "credits_saved", "full_read_credits")
 
 
 def _records(values: Any) -> list[Mapping[str, Any]]:
@@ -324,5 +335,89 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 f"{entry['portfolio_id']:<26} transactions: {changes['inserted']} inserted, "
                 f"{changes['updated']} updated, {changes['removed']} removed"
             )
+        mode = entry.get("transactions_mode")
+        if mode:
+            lines.append(
+                f"{entry['portfolio_id']:<26} transactions mode: {mode['mode']} ({mode['mode_reason']}), "
+                f"{mode['credits_saved']} credits saved against a full read ({mode['full_read_credits']})"
+            )
     lines.append(f"total credits spent: {summary['total_credits']}")
+    if summary.get("credits_saved"):
+        lines.append(f"credits saved by incremental transactions reads: {summary['credits_saved']}")
+    return "\n".join(lines)
+
+
+def plan_transactions(
+    warehouse_conn_id: str,
+    portfolio_ids: Iterable[str],
+    *,
+    mode: str,
+    overlap_hours: float,
+    full_every_days: float,
+    currency: str = "USD",
+    page_size: int = DEFAULT_PAGE_SIZE,
+    now: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Per portfolio: the transactions read its load will plan, and an estimate of the credits it saves.
+
+    The load task decides again when it runs (the state may change in between); this is the run's plan.
+    The incremental estimate counts the pages of the stored transactions in the window (new ones add to it).
+
+    :param warehouse_conn_id: SQL connection of the warehouse.
+    :param portfolio_ids: The portfolios, in order (repeats are planned once).
+    :param mode: The requested transactions mode.
+    :param overlap_hours: The incremental overlap.
+    :param full_every_days: The full-reconcile interval.
+    :param currency: The loads' currency.
+    :param page_size: The loads' page size.
+    :param now: The current time (tests); defaults to now in UTC.
+    """
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse  # at run time, not at parse time
+    from coinstats_provider.warehouse.sync_state import plan_read
+
+    warehouse = CoinStatsWarehouse(warehouse_conn_id)
+    warehouse.ensure_schema()
+    moment = now or dt.datetime.now(dt.UTC)
+    planned: list[dict[str, Any]] = []
+    for portfolio_id in dict.fromkeys(portfolio_ids):
+        stored = warehouse.count_transactions(portfolio_id)
+        plan = plan_read(
+            warehouse.sync_state(portfolio_id),
+            requested=mode,
+            currency=currency,
+            stored_rows=stored,
+            overlap=dt.timedelta(hours=overlap_hours),
+            full_every=dt.timedelta(days=full_every_days),
+            now=moment,
+        )
+        full = TRANSACTIONS_PAGE_COST * (stored // page_size + 1)
+        window = len(warehouse.transactions_since(portfolio_id, plan.since)) if plan.since is not None else stored
+        estimate = TRANSACTIONS_PAGE_COST * (window // page_size + 1)
+        planned.append(
+            {
+                "portfolio_id": portfolio_id,
+                "mode": plan.mode,
+                "reason": plan.reason,
+                "since": None if plan.since is None else plan.since.isoformat(),
+                "full_read_credits": full,
+                "estimated_credits": estimate,
+                "estimated_saved": full - estimate,
+            }
+        )
+    return planned
+
+
+def format_transactions_plan(plan: Iterable[Mapping[str, Any]]) -> str:
+    """Render :func:`plan_transactions` output as one line per portfolio.
+
+    :param plan: Output of :func:`plan_transactions`.
+    """
+    lines = ["transactions plan:"]
+    for entry in plan:
+        since = f" from {entry['since']}" if entry["since"] else ""
+        lines.append(
+            f"{entry['portfolio_id']:<26} {entry['mode']:<11} ({entry['reason']}){since}; about "
+            f"{entry['estimated_credits']} credits, {entry['estimated_saved']} saved against a full read "
+            f"({entry['full_read_credits']})"
+        )
     return "\n".join(lines)

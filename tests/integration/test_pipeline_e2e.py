@@ -307,3 +307,37 @@ def test_accounts_beyond_max_map_length_go_to_a_follow_up_run(
     assert second.state == "success", states(second)
     assert states(second)["continue_with_remaining_accounts"] == ["skipped"]
     assert len(warehouse_tables()["coinstats_portfolio_values"]) == 3
+
+
+def test_incremental_second_run_reads_only_new_transactions(
+    airflow_db: Path, dag: Any, accounts: list[str], sandbox: SandboxServer, sqlite_warehouse: Path
+) -> None:
+    from tests.integration.test_incremental_e2e import stored, truth
+
+    incremental = {"transactions_mode": "incremental", "datasets": ["transactions"]}
+    first = run(dag, accounts, **incremental)
+    assert first.state == "success", states(first)
+    plan = xcoms(first)[("register_portfolios", -1, "transactions_plan")]
+    assert {(p["mode"], p["reason"]) for p in plan} == {("full", "first load of this portfolio (no sync state)")}
+    pids = [p["portfolio_id"] for p in summary_of(first)["portfolios"]]
+    assert len(pids) == 3
+    for pid in pids:
+        assert stored(pid) == truth(sandbox, pid)
+        sandbox.app.add_transactions(pid, 5)
+    read_before = sandbox.stats()["credits_by_path"]["GET /portfolio/transactions"]
+
+    second = run(dag, accounts, **incremental)
+    assert second.state == "success", states(second)
+    plan = xcoms(second)[("register_portfolios", -1, "transactions_plan")]
+    assert {(p["mode"], p["reason"]) for p in plan} == {("incremental", "since the newest loaded transaction")}
+    summary = summary_of(second)
+    for entry in summary["portfolios"]:
+        mode = entry["transactions_mode"]
+        assert (mode["mode"], mode["mode_requested"]) == ("incremental", "incremental")
+        # 250 stored transactions are 3 pages (12 credits) in full; the window and the 5 new ones fit one page
+        assert (mode["full_read_credits"], mode["credits_saved"]) == (12, 8)
+        assert entry["transactions"] == {"inserted": 5, "updated": 0, "removed": 0}
+        assert stored(entry["portfolio_id"]) == truth(sandbox, entry["portfolio_id"])
+    assert summary["credits_saved"] == 24
+    # what CoinStats (the sandbox) charged for the transactions reads: one page per portfolio
+    assert sandbox.stats()["credits_by_path"]["GET /portfolio/transactions"] - read_before == 3 * 4

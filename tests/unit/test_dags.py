@@ -116,6 +116,9 @@ def test_main_dag_shape_pool_and_assets() -> None:
         "sync_poll_seconds",
         "credit_budget",
         "deferrable",
+        "transactions_mode",
+        "transactions_overlap_hours",
+        "full_every_days",
     }
     calling = ["connect_exchange_portfolio", "portfolio.sync", *(f"portfolio.load_{d}" for d in DATASETS)]
     for task_id in calling:

@@ -434,7 +434,7 @@ def test_summarize_all_skipped_and_unknown_portfolios() -> None:
 
 
 def test_summarize_of_nothing() -> None:
-    assert summarize([], [], []) == {"portfolios": [], "rows": {}, "total_credits": 0}
+    assert summarize([], [], []) == {"portfolios": [], "rows": {}, "total_credits": 0, "credits_saved": 0}
 
 
 def test_summarize_rejects_text() -> None:
@@ -466,3 +466,72 @@ def test_module_exports_the_variable_name() -> None:
     read: Callable[[], str | None] = Variable('["ex_a"]')
     assert pipeline.ACCOUNTS_VARIABLE == "coinstats_exchange_conn_ids"
     assert resolve_accounts(None, read) == ["ex_a"]
+
+
+def test_summary_shows_the_transactions_mode_and_credits_saved_per_portfolio() -> None:
+    incremental = {
+        **load("pf-b", TXNS, 2505, 8),
+        **{"inserted": 5, "updated": 0, "removed": 0, "mode": "incremental", "mode_requested": "incremental"},
+        **{"mode_reason": "since the newest loaded transaction", "credits_saved": 96, "full_read_credits": 104},
+    }
+    fallback = {
+        **load("pf-o", TXNS, 40, 44),
+        **{"inserted": 0, "updated": 0, "removed": 1, "mode": "full", "mode_requested": "incremental"},
+        **{"mode_reason": "fallback from incremental: ...", "credits_saved": -4, "full_read_credits": 40},
+    }
+    summary = summarize(ACCOUNTS, [], [[incremental, fallback]])
+
+    modes = {entry["portfolio_id"]: entry.get("transactions_mode") for entry in summary["portfolios"]}
+    assert modes["pf-b"] == {
+        "mode": "incremental",
+        "mode_requested": "incremental",
+        "mode_reason": "since the newest loaded transaction",
+        "credits_saved": 96,
+        "full_read_credits": 104,
+    }
+    assert modes["pf-o"]["mode"] == "full"  # type: ignore[index]
+    assert summary["credits_saved"] == 92
+    lines = format_summary(summary).splitlines()
+    assert (
+        "pf-b                       transactions mode: incremental (since the newest loaded transaction), "
+        "96 credits saved against a full read (104)"
+    ) in lines
+    assert lines[-1] == "credits saved by incremental transactions reads: 92"
+
+
+def test_transactions_plan_per_portfolio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.sync_state import SyncState
+    from coinstats_provider.warehouse.transform import transaction_rows
+    from tests.unit.warehouse.test_loader import transaction_items
+
+    set_connection(monkeypatch, "wh", conn_type="sqlite", host=str(tmp_path / "wh.db"))
+    now = dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    warehouse = CoinStatsWarehouse("wh")
+    warehouse.ensure_schema()
+    rows = list(transaction_rows("pf-b", transaction_items(250)))
+    newest = max(rows, key=lambda row: row["occurred_at"])
+    state = SyncState(
+        "pf-b",
+        currency="USD",
+        newest_occurred_at=newest["occurred_at"],
+        newest_key=newest["transaction_key"],
+        last_full_at=now.isoformat(),
+    )
+    warehouse.reconcile_transactions("pf-b", rows, state=lambda: state)
+
+    plan = pipeline.plan_transactions(
+        "wh", ["pf-b", "pf-new", "pf-b"], mode="incremental", overlap_hours=1, full_every_days=7, now=now
+    )
+
+    assert [(p["portfolio_id"], p["mode"], p["reason"]) for p in plan] == [
+        ("pf-b", "incremental", "since the newest loaded transaction"),
+        ("pf-new", "full", "first load of this portfolio (no sync state)"),
+    ]
+    # 250 stored: a full read is 3 pages (12 credits); the one-hour window holds 180 of them (2 pages)
+    assert (plan[0]["full_read_credits"], plan[0]["estimated_credits"], plan[0]["estimated_saved"]) == (12, 8, 4)
+    assert plan[0]["since"] == "2024-01-01T00:22:00+00:00"
+    text = pipeline.format_transactions_plan(plan)
+    assert "pf-new                     full        (first load of this portfolio (no sync state)); about 4" in text

@@ -536,6 +536,40 @@ def test_cut_rate_is_drawn_with_the_faults_but_not_spread(start: Start) -> None:
     assert outcomes.count(0) == mixed.server.stats()["switches"]["cut"] > 0
 
 
+# -- the transactions date filter -----------------------------------------------------------------
+
+
+def test_from_filters_the_transactions_and_ignore_from_switches_it_off(start: Start) -> None:
+    api = start(transactions=30, sync_seconds=0)
+    pid = api.connect()
+    everything = api.read_all(pid, 10)
+    cut = everything[7]["date"]  # inclusive: the 8 newest (7 with the same date or newer, plus itself)
+    newer = [item for item in everything if item["date"] >= cut]
+
+    def read(**params: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for number in range(1, 100):
+            response = api.get(TX, portfolioId=pid, currency="USD", page=number, limit=3, **params)
+            assert response.status_code == 200, response.text
+            page = response.json()["data"]
+            items += page
+            if len(page) < 3:
+                return items
+        raise AssertionError("paging did not end")
+
+    assert read(**{"from": cut}) == newer
+    assert read(**{"from": "2000-01-01"}) == everything  # a date alone means midnight UTC
+    assert read(**{"from": "2100-01-01T00:00:00+02:00"}) == []
+    api.app.add_transactions(pid, 2)
+    assert len(read(**{"from": cut})) == len(newer) + 2
+    bad = api.get(TX, portfolioId=pid, currency="USD", **{"from": "last tuesday"})
+    assert (bad.status_code, bad.json()["message"]) == (400, "Invalid parameter: from")
+
+    api.server.update(ignore_from=True)
+    assert read(**{"from": cut}) == api.app.transactions(pid)  # accepted, not applied
+    assert api.admin("GET", "/_sandbox/config").json()["ignore_from"] is True
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 
 
@@ -573,6 +607,7 @@ def test_cli_flags_set_every_switch() -> None:
             "--cut-mode",
             "chunked",
             "--transaction-ids",
+            "--ignore-from",
         ]
     )
     config = config_from_args(args)
@@ -591,6 +626,7 @@ def test_cli_flags_set_every_switch() -> None:
         "chunked",
     )
     assert config.transaction_ids is True
+    assert config.ignore_from is True
     defaults = config_from_args(build_parser().parse_args([]))
     assert dict(defaults.public_dict(), port=0) == SandboxConfig(quiet=False).public_dict()
     with pytest.raises(ValueError, match="unknown API path"):

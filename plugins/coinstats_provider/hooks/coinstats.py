@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from coinstats_provider.exceptions import (
@@ -11,7 +12,7 @@ from coinstats_provider.exceptions import (
     CoinStatsResponseError,
     CoinStatsTruncatedAnswerError,
 )
-from coinstats_provider.hooks import paging, support_cache, sync_wait
+from coinstats_provider.hooks import date_filter, paging, support_cache, sync_wait
 from coinstats_provider.hooks.coinstats_base import CoinStatsBaseHook
 from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
 from coinstats_provider.hooks.errors import redact
@@ -238,6 +239,7 @@ class CoinStatsHook(CoinStatsBaseHook):
         page_size: int = DEFAULT_PAGE_SIZE,
         start_page: int = 1,
         max_pages: int = DEFAULT_MAX_PAGES,
+        since: datetime | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield pages of ``GET /portfolio/transactions`` (4 credits per page) until the end is proven.
 
@@ -249,9 +251,17 @@ class CoinStatsHook(CoinStatsBaseHook):
         :param page_size: Items per page (``limit``), 1 to 100.
         :param start_page: First page to fetch (1-based).
         :param max_pages: Most pages to read.
+        :param since: Only transactions from this moment on (the undocumented ``from`` filter, see
+            :mod:`coinstats_provider.hooks.date_filter`); raises
+            :class:`~coinstats_provider.exceptions.CoinStatsFilterIgnoredError` when an answer shows the
+            filter was not applied. ``None`` reads the whole list.
         """
         params = {"portfolioId": portfolio_id, "currency": currency or "USD"}
-        return self._pages(paging.TRANSACTIONS, params, page_size, start_page, max_pages)
+        if since is None:
+            return self._pages(paging.TRANSACTIONS, params, page_size, start_page, max_pages)
+        params["from"] = date_filter.from_param(since)
+        pages = self._pages(paging.TRANSACTIONS, params, page_size, start_page, max_pages)
+        return date_filter.filtered_pages(pages, since, path=paging.TRANSACTIONS.path)
 
     # -- waiting for a sync ----------------------------------------------------------------------
 

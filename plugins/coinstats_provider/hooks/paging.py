@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_PAGES",
     "TRANSACTIONS",
     "PagedRoute",
+    "item_date",
     "iter_pages",
 ]
 
@@ -137,7 +138,12 @@ def _meta_int(meta: Mapping[str, Any] | None, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _date(item: Mapping[str, Any], field: str | None) -> datetime | None:
+def item_date(item: Mapping[str, Any], field: str | None) -> datetime | None:
+    """The timezone-aware date in ``item[field]``, or ``None`` when it is missing, naive or unreadable.
+
+    :param item: A list item.
+    :param field: The date field (``None``: no date).
+    """
     raw = item.get(field) if field else None
     if not isinstance(raw, str):
         return None
@@ -150,7 +156,7 @@ def _date(item: Mapping[str, Any], field: str | None) -> datetime | None:
 
 def _newest_first(items: Sequence[Mapping[str, Any]], field: str | None) -> bool:
     """Whether every item's date parses and no item is newer than the one before it."""
-    dates = [_date(item, field) for item in items]
+    dates = [item_date(item, field) for item in items]
     known = [d for d in dates if d is not None]
     return len(known) == len(dates) and all(a >= b for a, b in itertools.pairwise(known))
 
@@ -215,7 +221,7 @@ class _Stream:
             )
         suspicious = ids[0] in set(self.prev_ids)
         if not suspicious and self.ordered:
-            newer, older = _date(items[0], route.date_field), _date(self.prev_last, route.date_field)
+            newer, older = item_date(items[0], route.date_field), item_date(self.prev_last, route.date_field)
             suspicious = newer is not None and older is not None and newer > older
         if not suspicious:
             return

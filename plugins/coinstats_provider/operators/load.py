@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coinstats_provider.exceptions import CoinStatsError, CoinStatsListChangedError
 from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
+from coinstats_provider.operators import _transactions
 from coinstats_provider.operators._common import (
     PORTFOLIO_MAP_INDEX_TEMPLATE,
     fail_fast,
@@ -136,6 +137,12 @@ class LoadPortfolioOperator(BaseOperator):
     Returns ``{"portfolio_id", "dataset", "table", "rows", "pages", "credits_spent"}``, plus
     ``"inserted", "updated", "removed"`` for ``transactions``.
 
+    ``transactions_mode="incremental"`` reads only the transactions since the newest one loaded minus
+    ``transactions_overlap_hours`` and never deletes, with a full reconcile every ``full_every_days`` (and
+    whenever an incremental read cannot be trusted); see :mod:`coinstats_provider.operators._transactions`.
+    The transactions result then also carries ``"mode"``, ``"mode_requested"``, ``"mode_reason"``, ``"read"``,
+    ``"credits_saved"`` and ``"full_read_credits"``.
+
     :param portfolio_id: The portfolio.
     :param dataset: ``value``, ``coins`` or ``transactions``.
     :param datasets: Datasets selected for this run; the task skips (0 credits) when ``dataset`` is not in it.
@@ -148,6 +155,9 @@ class LoadPortfolioOperator(BaseOperator):
     :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
     :param max_stream_restarts: How often one try reads a stream again from its first page when the list
         changed upstream between page reads (see :mod:`coinstats_provider.hooks.paging`).
+    :param transactions_mode: ``full`` (the whole list, reconciled, every run) or ``incremental``.
+    :param transactions_overlap_hours: How far before the newest loaded transaction an incremental read starts.
+    :param full_every_days: Longest time between two full reconciles in incremental mode.
     """
 
     template_fields: Sequence[str] = (
@@ -158,6 +168,7 @@ class LoadPortfolioOperator(BaseOperator):
         "warehouse_conn_id",
         "currency",
         "credit_budget",
+        *_transactions.TEMPLATE_FIELDS,
     )
     ui_color = "#b5e3b0"
 
@@ -174,6 +185,9 @@ class LoadPortfolioOperator(BaseOperator):
         credit_budget: int | str | None = None,
         hook_params: dict[str, Any] | None = None,
         max_stream_restarts: int = MAX_STREAM_RESTARTS,
+        transactions_mode: str = _transactions.DEFAULT_MODE,
+        transactions_overlap_hours: float | str = _transactions.DEFAULT_OVERLAP_HOURS,
+        full_every_days: float | str = _transactions.DEFAULT_FULL_EVERY_DAYS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
@@ -189,7 +203,11 @@ class LoadPortfolioOperator(BaseOperator):
         if max_stream_restarts < 0:
             raise ValueError("max_stream_restarts must be >= 0")
         self.max_stream_restarts = max_stream_restarts
+        self.transactions_mode = transactions_mode
+        self.transactions_overlap_hours = transactions_overlap_hours
+        self.full_every_days = full_every_days
         self._pages = 0
+        self._transactions: _transactions.TransactionsLoad | None = None
 
     @cached_property
     def hook(self) -> CoinStatsHook:
@@ -220,6 +238,8 @@ class LoadPortfolioOperator(BaseOperator):
         warehouse.ensure_schema()
         self._pages = 0
         self._reconciled: ReconcileResult | None = None
+        self._transactions = self._transactions_load(warehouse) if self.dataset == "transactions" else None
+        self._outcome: _transactions.TransactionsOutcome | None = None
         try:
             rows = self._load_whole(warehouse, day)
         except CoinStatsError as err:
@@ -257,7 +277,29 @@ class LoadPortfolioOperator(BaseOperator):
                 changes.removed,
                 changes.unchanged,
             )
+        if self._outcome is not None:
+            result.update(self._outcome.result())
         return result
+
+    def _transactions_load(self, warehouse: CoinStatsWarehouse) -> _transactions.TransactionsLoad:
+        """The transactions load of this try, its settings checked (a bad one fails without retries)."""
+        try:
+            mode, overlap, every = _transactions.check_settings(
+                self.transactions_mode, self.transactions_overlap_hours, self.full_every_days, self.task_id
+            )
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from None
+        return _transactions.TransactionsLoad(
+            self.hook,
+            warehouse,
+            self.portfolio_id,
+            currency=self.currency,
+            page_size=self.page_size,
+            mode=mode,
+            overlap=dt.timedelta(hours=overlap),
+            full_every=dt.timedelta(days=every),
+            log=self.log,
+        )
 
     def _load_whole(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
         """Run :meth:`_load`; read the stream again when CoinStats' list changed between two page reads.
@@ -298,10 +340,10 @@ class LoadPortfolioOperator(BaseOperator):
         if self.dataset == "coins":
             items = self._items(self.hook.iter_portfolio_coins(pid, page_size=self.page_size))
             return warehouse.replace_snapshot(TABLES["coins"], pid, day, transform.coin_rows(pid, day, items))
-        pages = self.hook.iter_portfolio_transactions(pid, currency=self.currency, page_size=self.page_size)
-        rows = transform.transaction_rows(pid, self._items(pages), transform.TransactionKeyer())
-        self._reconciled = warehouse.reconcile_transactions(pid, rows)
-        return self._reconciled.total
+        assert self._transactions is not None
+        self._outcome = self._transactions.run(self._items)
+        self._reconciled = self._outcome.changes
+        return self._outcome.stored
 
     def _items(self, pages: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         """Flatten pages lazily, logging progress every few pages."""

@@ -37,9 +37,9 @@ with ``DOUBLE PRECISION`` columns in place (see :mod:`coinstats_provider.warehou
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -49,11 +49,13 @@ from coinstats_provider.warehouse.schema import (
     PORTFOLIOS_TABLE,
     REMOVED_TABLE,
     SNAPSHOT_TABLES,
+    SYNC_STATE_TABLE,
     TABLES,
     TRANSACTIONS_TABLE,
     Dialect,
     TableSpec,
 )
+from coinstats_provider.warehouse.sync_state import SyncState, parse_moment
 from coinstats_provider.warehouse.values import decimal_text, exact_number
 
 __all__ = ["CoinStatsWarehouse", "ReconcileResult"]
@@ -64,6 +66,9 @@ _STAGE = "coinstats_stage_rows"
 _TEMP_SCHEMA: Mapping[Dialect, str] = {"sqlite": "temp", "postgres": "pg_temp"}
 _TRANSACTIONS = TABLES[TRANSACTIONS_TABLE]
 _PORTFOLIOS = TABLES[PORTFOLIOS_TABLE]
+_SYNC_STATE = TABLES[SYNC_STATE_TABLE]
+#: Called once a transactions stream is exhausted: the state row to commit with its rows.
+StateAfter = Callable[[], SyncState]
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,20 @@ class CoinStatsWarehouse(WarehouseDatabase):
             raise ValueError("portfolio row needs a portfolio_id")
         values = {k: sql_value(v) for k, v in row.items()}
         values.setdefault("updated_at", utc_now())
-        columns = [c for c in _PORTFOLIOS.column_names if c in values]
-        updates = [f"{c} = excluded.{c}" for c in columns if c not in _PORTFOLIOS.primary_key]
+        with self._transaction() as cur:
+            self._upsert(cur, _PORTFOLIOS, values)
+
+    def _upsert(self, cur: Any, spec: TableSpec, values: Mapping[str, Any]) -> None:
+        """Insert or update one row of ``spec`` keyed by its primary key; only ``values``' columns are written."""
+        columns = [c for c in spec.column_names if c in values]
+        updates = [f"{c} = excluded.{c}" for c in columns if c not in spec.primary_key]
         action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
         sql = (
-            f"INSERT INTO {_PORTFOLIOS.name} ({', '.join(columns)}) "  # noqa: S608
+            f"INSERT INTO {spec.name} ({', '.join(columns)}) "  # noqa: S608
             f"VALUES ({', '.join(self.placeholder for _ in columns)}) "
-            f"ON CONFLICT ({', '.join(_PORTFOLIOS.primary_key)}) {action}"
+            f"ON CONFLICT ({', '.join(spec.primary_key)}) {action}"
         )
-        with self._transaction() as cur:
-            cur.execute(sql, tuple(values[c] for c in columns))
+        cur.execute(sql, tuple(values[c] for c in columns))
 
     def replace_snapshot(
         self, table: str, portfolio_id: str, snapshot_date: date, rows: Iterable[Mapping[str, Any]]
@@ -178,7 +187,9 @@ class CoinStatsWarehouse(WarehouseDatabase):
         log.info("Replaced %s snapshot %s of portfolio %s: %d rows", table, day, portfolio_id, written)
         return written
 
-    def reconcile_transactions(self, portfolio_id: str, rows: Iterable[Mapping[str, Any]]) -> ReconcileResult:
+    def reconcile_transactions(
+        self, portfolio_id: str, rows: Iterable[Mapping[str, Any]], *, state: StateAfter | None = None
+    ) -> ReconcileResult:
         """Make the portfolio's transactions exactly the rows of a completed stream.
 
         The rows are staged (no lock held while the iterator waits on the network). Only once the
@@ -189,28 +200,119 @@ class CoinStatsWarehouse(WarehouseDatabase):
 
         :param portfolio_id: The portfolio being loaded; rows may omit it, but must not differ.
         :param rows: Every transaction row of the portfolio, with a unique ``transaction_key``.
+        :param state: Called once the stream is exhausted; its sync-state row is written in the same
+            transaction (see :mod:`coinstats_provider.warehouse.sync_state`).
         :return: Counts of inserted, updated and removed rows and the stream's total.
         :raises ValueError: On an invalid row or a key repeated in the stream (nothing changes).
         """
+        return self._load_transactions(portfolio_id, rows, delete=True, state=state)
+
+    def merge_transactions(
+        self, portfolio_id: str, rows: Iterable[Mapping[str, Any]], *, state: StateAfter | None = None
+    ) -> ReconcileResult:
+        """Insert the new and update the changed transactions of a partial stream; never delete.
+
+        For an incremental read (only the transactions since some date): staged like
+        :meth:`reconcile_transactions` and merged in one short transaction, but rows absent from the
+        stream are kept (``removed`` is always 0). If the iterator raises, nothing changes.
+
+        :param portfolio_id: The portfolio being loaded; rows may omit it, but must not differ.
+        :param rows: Transaction rows, each with the key a full stream would give it (unique in the stream).
+        :param state: Called once the stream is exhausted; its sync-state row is written in the same transaction.
+        :return: Counts of inserted and updated rows and the stream's total.
+        :raises ValueError: On an invalid row or a key repeated in the stream (nothing changes).
+        """
+        return self._load_transactions(portfolio_id, rows, delete=False, state=state)
+
+    def _load_transactions(
+        self, portfolio_id: str, rows: Iterable[Mapping[str, Any]], *, delete: bool, state: StateAfter | None
+    ) -> ReconcileResult:
         with self._connection() as conn:
             cur = conn.cursor()
             try:
                 stage = self._create_stage(cur, _TRANSACTIONS)
                 total = self._write_batches(cur, stage, _TRANSACTIONS, rows, {"portfolio_id": portfolio_id})
                 self._check_unique_keys(cur, stage, portfolio_id)
+                after = state() if state is not None else None
+                if after is not None and after.portfolio_id != portfolio_id:
+                    raise ValueError("the sync state belongs to another portfolio than the rows")
                 with self._begin(conn, cur, _TRANSACTIONS.name, portfolio_id):
-                    inserted, updated, removed = self._merge_staged_transactions(cur, stage, portfolio_id)
+                    inserted, updated, removed = self._merge_staged_transactions(cur, stage, portfolio_id, delete)
+                    if after is not None:
+                        self._upsert(cur, _SYNC_STATE, {k: sql_value(v) for k, v in after.as_row().items()})
             finally:
                 cur.close()
         log.info(
-            "Transactions of portfolio %s: %d in stream, %d inserted, %d updated, %d removed",
+            "Transactions of portfolio %s (%s): %d in stream, %d inserted, %d updated, %d removed",
             portfolio_id,
+            "full reconcile" if delete else "merge, no deletes",
             total,
             inserted,
             updated,
             removed,
         )
         return ReconcileResult(inserted=inserted, updated=updated, removed=removed, total=total)
+
+    # -- reads of the transactions sync state --------------------------------------------------
+
+    def sync_state(self, portfolio_id: str) -> SyncState | None:
+        """The portfolio's row of the sync-state table, or ``None``.
+
+        :param portfolio_id: The portfolio.
+        """
+        columns = _SYNC_STATE.column_names
+        sql = f"SELECT {', '.join(columns)} FROM {_SYNC_STATE.name} WHERE portfolio_id = {self.placeholder}"  # noqa: S608
+        found = self._select(sql, (portfolio_id,))
+        if not found:
+            return None
+        values = {c: (None if v is None else str(v)) for c, v in zip(columns, found[0], strict=True)}
+        return SyncState(
+            portfolio_id,
+            last_mode=values["last_mode"],
+            currency=values["currency"],
+            newest_occurred_at=values["newest_occurred_at"],
+            newest_key=values["newest_key"],
+            last_full_at=values["last_full_at"],
+            last_run_at=values["last_run_at"],
+        )
+
+    def count_transactions(self, portfolio_id: str) -> int:
+        """How many transactions are stored for the portfolio.
+
+        :param portfolio_id: The portfolio.
+        """
+        sql = f"SELECT COUNT(*) FROM {_TRANSACTIONS.name} WHERE portfolio_id = {self.placeholder}"  # noqa: S608
+        return int(self._select(sql, (portfolio_id,))[0][0])
+
+    def transactions_since(self, portfolio_id: str, since: datetime) -> dict[str, datetime]:
+        """Keys and dates of the portfolio's stored transactions dated at or after ``since``.
+
+        The SQL filter is a coarse text bound (two days earlier, so any ISO spelling or offset passes);
+        the exact comparison is made on the parsed dates. Rows without a readable date are left out.
+
+        :param portfolio_id: The portfolio.
+        :param since: An aware moment.
+        """
+        lower = (since.astimezone(UTC) - timedelta(days=2)).date().isoformat()
+        sql = (
+            f"SELECT transaction_key, occurred_at FROM {_TRANSACTIONS.name} "  # noqa: S608
+            f"WHERE portfolio_id = {self.placeholder} AND occurred_at >= {self.placeholder}"
+        )
+        found: dict[str, datetime] = {}
+        for key, occurred in self._select(sql, (portfolio_id, lower)):
+            moment = parse_moment(occurred)
+            if moment is not None and moment >= since:
+                found[str(key)] = moment
+        return found
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql, params)
+                return [tuple(row) for row in cur.fetchall()]
+            finally:
+                cur.close()
 
     # -- staging and merging -------------------------------------------------------------------
 
@@ -257,8 +359,10 @@ class CoinStatsWarehouse(WarehouseDatabase):
                 "Nothing was changed."
             )
 
-    def _merge_staged_transactions(self, cur: Any, stage: str, portfolio_id: str) -> tuple[int, int, int]:
-        """Update changed rows, insert new keys, move vanished keys to the history; return the counts."""
+    def _merge_staged_transactions(
+        self, cur: Any, stage: str, portfolio_id: str, delete: bool = True
+    ) -> tuple[int, int, int]:
+        """Update changed rows, insert new keys, move vanished keys to the history (``delete``); return the counts."""
         ph = self.placeholder
         table = _TRANSACTIONS.name
         columns = ", ".join(_TRANSACTIONS.column_names)
@@ -279,6 +383,8 @@ class CoinStatsWarehouse(WarehouseDatabase):
             (portfolio_id,),
         )
         inserted = max(cur.rowcount, 0)
+        if not delete:
+            return inserted, updated, 0
         cur.execute(
             f"INSERT INTO {REMOVED_TABLE} (portfolio_id, transaction_key, removed_at, payload_json) "  # noqa: S608
             f"SELECT m.portfolio_id, m.transaction_key, {ph}, m.payload_json FROM {table} AS m "

@@ -24,11 +24,19 @@ Table                                         Columns
                                               loaded_at TEXT
 ``coinstats_portfolio_transactions_removed``  **portfolio_id** TEXT, **transaction_key** TEXT, **removed_at** TEXT,
                                               payload_json TEXT
+``coinstats_transactions_sync_state``         **portfolio_id** TEXT, last_mode TEXT, currency TEXT,
+                                              newest_occurred_at TEXT, newest_key TEXT, last_full_at TEXT,
+                                              last_run_at TEXT
 ============================================  ==================================================================
 
-Timestamps (``loaded_at``, ``updated_at``, ``removed_at``) are UTC ISO 8601 text. Every table starts with
-``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per ``(portfolio_id, snapshot_date)``;
-each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
+The sync-state table holds one row per portfolio: the mode of the last transactions load (``full`` or
+``incremental``), the currency its values are in, the newest transaction loaded (its date and key), and
+when the last full reconcile and the last load ran; it is written in the same database transaction as the
+transactions it describes.
+
+Timestamps (``loaded_at``, ``updated_at``, ``removed_at``, ``last_full_at``, ``last_run_at``) are UTC
+ISO 8601 text. Every table starts with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced
+per ``(portfolio_id, snapshot_date)``; each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
 
 This module imports nothing from Airflow: DAG files read :data:`DATASETS` and :data:`DATASET_TABLES` at
 parse time.
@@ -48,6 +56,7 @@ __all__ = [
     "PORTFOLIOS_TABLE",
     "REMOVED_TABLE",
     "SNAPSHOT_TABLES",
+    "SYNC_STATE_TABLE",
     "TABLES",
     "TRANSACTIONS_TABLE",
     "VALUES_TABLE",
@@ -73,6 +82,8 @@ COINS_TABLE = "coinstats_portfolio_coins"
 TRANSACTIONS_TABLE = "coinstats_portfolio_transactions"
 #: Transactions that vanished from CoinStats, with their payload.
 REMOVED_TABLE = "coinstats_portfolio_transactions_removed"
+#: Per portfolio: what the last transactions load did and where an incremental read resumes.
+SYNC_STATE_TABLE = "coinstats_transactions_sync_state"
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,19 @@ TABLES: Mapping[str, TableSpec] = {
                 ("payload_json", _TEXT),
             ),
             ("portfolio_id", "transaction_key", "removed_at"),
+        ),
+        TableSpec(
+            SYNC_STATE_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("last_mode", _TEXT),
+                ("currency", _TEXT),
+                ("newest_occurred_at", _TEXT),
+                ("newest_key", _TEXT),
+                ("last_full_at", _TEXT),
+                ("last_run_at", _TEXT),
+            ),
+            ("portfolio_id",),
         ),
     )
 }

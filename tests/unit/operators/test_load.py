@@ -343,6 +343,9 @@ def test_template_fields() -> None:
         "warehouse_conn_id",
         "currency",
         "credit_budget",
+        "transactions_mode",
+        "transactions_overlap_hours",
+        "full_every_days",
     )
 
 

@@ -399,7 +399,14 @@ def test_operator_returns_and_logs_the_mirror_changes(
         "inserted",
         "updated",
         "removed",
+        "mode",
+        "mode_requested",
+        "mode_reason",
+        "read",
+        "credits_saved",
+        "full_read_credits",
     }
+    assert (second["mode"], second["mode_requested"], second["credits_saved"]) == ("full", "full", 0)
     assert "now mirror CoinStats: 1 inserted, 1 updated, 1 removed, 3 unchanged" in logs.text
 
 
