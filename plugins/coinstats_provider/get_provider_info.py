@@ -19,7 +19,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": DISTRIBUTION_NAME,
         "name": "CoinStats",
-        "description": "Connect exchange accounts to CoinStats portfolios, sync them and load them into SQL.",
+        "description": "Connect exchange accounts and wallets to CoinStats portfolios, sync them, load them into SQL.",
         "versions": [__version__],
         "integrations": [
             {
@@ -35,6 +35,7 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_provider.hooks.coinstats_base",
                     "coinstats_provider.hooks.coinstats",
                     "coinstats_provider.hooks.exchange",
+                    "coinstats_provider.hooks.wallet",
                 ],
             }
         ],
@@ -45,9 +46,11 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_provider.operators.connect",
                     "coinstats_provider.operators.sync",
                     "coinstats_provider.operators.load",
+                    "coinstats_provider.operators.delete",
                 ],
             }
         ],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["coinstats_provider.sensors.sync"]}],
         "triggers": [{"integration-name": INTEGRATION, "python-modules": ["coinstats_provider.triggers.sync"]}],
         "extra-links": ["coinstats_provider.links.portfolio.CoinStatsPortfolioLink"],
         "connection-types": [
@@ -129,6 +132,36 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_conn_id": {
                         "label": "CoinStats connection id",
                         "description": "CoinStats connection used to test this account (default coinstats_default).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            {
+                "connection-type": "coinstats_wallet",
+                "hook-class-name": "coinstats_provider.hooks.wallet.CoinStatsWalletHook",
+                "hook-name": "CoinStats wallet",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port", "password"],
+                    "relabeling": {"login": "Wallet address"},
+                    "placeholders": {
+                        "login": "0x... (ethereum), bc1... (bitcoin), base58 (solana)",
+                        "extra": '{"connection_id": "ethereum"}',
+                    },
+                },
+                "conn-fields": {
+                    "connection_id": {
+                        "label": "CoinStats blockchain id",
+                        "description": "connectionId from GET /wallet/blockchains, e.g. ethereum, bitcoin, solana.",
+                        "schema": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]+$"},
+                    },
+                    "portfolio_name": {
+                        "label": "Portfolio name",
+                        "description": "Optional display name of the CoinStats portfolio.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "coinstats_conn_id": {
+                        "label": "CoinStats connection id",
+                        "description": "CoinStats connection used to test this wallet (default coinstats_default).",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

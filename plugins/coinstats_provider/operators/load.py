@@ -148,6 +148,7 @@ class LoadPortfolioOperator(BaseOperator):
     :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
     :param max_stream_restarts: How often one try reads a stream again from its first page when the list
         changed upstream between page reads (see :mod:`coinstats_provider.hooks.paging`).
+    :param account: The account (connection id) the portfolio belongs to; labels the task in the grid.
     """
 
     template_fields: Sequence[str] = (
@@ -158,6 +159,7 @@ class LoadPortfolioOperator(BaseOperator):
         "warehouse_conn_id",
         "currency",
         "credit_budget",
+        "account",
     )
     ui_color = "#b5e3b0"
 
@@ -174,10 +176,12 @@ class LoadPortfolioOperator(BaseOperator):
         credit_budget: int | str | None = None,
         hook_params: dict[str, Any] | None = None,
         max_stream_restarts: int = MAX_STREAM_RESTARTS,
+        account: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
         self.portfolio_id = portfolio_id
+        self.account = account
         self.dataset = dataset
         self.datasets = datasets
         self.coinstats_conn_id = coinstats_conn_id
