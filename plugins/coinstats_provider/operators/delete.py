@@ -37,7 +37,7 @@ class DeletePortfolioOperator(BaseOperator):
     already gone (deleted earlier, or by another try of this task): the operator succeeds with
     ``deleted=False`` instead of failing, so a retry after a lost answer does not fail the run.
 
-    Returns ``{"portfolio_id", "deleted", "credits_spent"}`` and pushes ``credits_spent`` (all tries of
+    Returns ``{"portfolio_id", "account", "deleted", "credits_spent"}`` and pushes ``credits_spent`` (all tries of
     the task instance; a retry only spends what earlier tries left of the budget).
 
     :param portfolio_id: The portfolio to delete.
@@ -98,4 +98,4 @@ class DeletePortfolioOperator(BaseOperator):
             self.log.info("Deleted CoinStats portfolio %s (%s)", self.portfolio_id, self.account or "no account given")
         spent = self.hook.credits_spent
         push_credits_spent(context, spent)
-        return {"portfolio_id": self.portfolio_id, "deleted": deleted, "credits_spent": spent}
+        return {"portfolio_id": self.portfolio_id, "account": self.account, "deleted": deleted, "credits_spent": spent}
