@@ -4,6 +4,11 @@ Every option is a :class:`SandboxConfig` field, settable at construction, at run
 :meth:`SandboxServer.update` / ``POST /_sandbox/config`` and (most of them) as a CLI flag. With every
 switch below at its default the sandbox answers exactly as a well-behaved API would.
 
+Wallets: ``GET /wallet/blockchains`` (1 credit), ``POST /portfolio/wallet`` (40; idempotent per API key,
+blockchain and address; the address prefixes ``empty``/``stuck`` work like the exchange keys) and
+``DELETE /portfolio/{portfolioId}`` (10; the route key in stats and ``*_routes`` switches is the template)
+are served like the exchange routes: deterministic data per portfolio, faults and credits alike.
+
 Random faults (one draw per API request from ``fault_seed``): ``fault_rate_429``, ``fault_rate_5xx``,
 ``fault_rate_reset`` (TCP RST, no answer), ``fault_rate_slow`` (``slow_seconds`` before answering),
 ``fault_rate_truncate`` (a complete message whose JSON body is cut in half). ``faults=<total>``
