@@ -1,10 +1,13 @@
-"""Daily CoinStats portfolio sync: connect exchange accounts, sync each portfolio, load it exactly once.
+"""Daily CoinStats portfolio sync: connect exchange accounts and wallets, sync each portfolio, load it once.
 
-``resolve_accounts`` → ``connect_exchange_portfolio`` (mapped) → ``register_portfolios`` → per portfolio
-(mapped group): ``sync`` (deferrable wait) → ``load_value`` / ``load_coins`` / ``load_transactions``
-→ ``summary``. Accounts come from the ``exchange_conn_ids`` Param or, when it is empty, from the
-Variable ``coinstats_exchange_conn_ids`` read at run time. Accounts beyond ``[core] max_map_length`` go to
-a follow-up run of this DAG (``continue_with_remaining_accounts``).
+``resolve_accounts`` → ``connect_exchange_portfolio`` / ``connect_wallet_portfolio`` (mapped, by connection
+type) → ``register_portfolios`` → per portfolio (mapped group, labelled by account): ``sync`` (deferrable
+wait) → ``load_value`` / ``load_coins`` / ``load_transactions`` → ``summary``. Accounts come from the
+``account_conn_ids`` Param (and the older ``exchange_conn_ids``) or, when both are empty, from the Variable
+``coinstats_account_conn_ids`` (else the older ``coinstats_exchange_conn_ids``) read at run time. Accounts
+beyond ``[core] max_map_length`` go to a follow-up run of this DAG (``continue_with_remaining_accounts``).
+With ``prune_removed_accounts`` on, portfolios this DAG created for accounts no longer listed are deleted
+on CoinStats (``prune_removed_portfolio``) and marked in ``coinstats_portfolios`` (``record_pruned``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from coinstats_provider import pipeline
 from coinstats_provider.operators._common import failing_fast
-from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, ConnectWalletPortfolioOperator
+from coinstats_provider.operators.delete import DeletePortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
 from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
@@ -52,13 +56,21 @@ with DAG(
     render_template_as_native_obj=True,
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=1)},
     params={
+        "account_conn_ids": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+$"},
+            title="Accounts",
+            description="coinstats_exchange and coinstats_wallet connection ids to sync. Empty: the Variable "
+            "coinstats_account_conn_ids (a JSON list) is used, else coinstats_exchange_conn_ids.",
+            **DRAFT_07,
+        ),
         "exchange_conn_ids": Param(
             [],
             type="array",
             items={"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+$"},
-            title="Exchange connections",
-            description="coinstats_exchange connection ids to sync. Empty: the Variable "
-            "coinstats_exchange_conn_ids (a JSON list) is used.",
+            title="Exchange connections (older name)",
+            description="Kept for runs that still pass it: added to Accounts (exchange or wallet ids alike).",
             **DRAFT_07,
         ),
         "datasets": Param(
@@ -132,30 +144,62 @@ with DAG(
             description="Incremental mode reads the whole list (and picks up deletions) at least this often.",
             **DRAFT_07,
         ),
+        "prune_removed_accounts": Param(
+            False,
+            type="boolean",
+            title="Delete portfolios of removed accounts",
+            description="On: delete on CoinStats (10 credits each) the portfolios this DAG created for accounts "
+            "no longer listed, and mark them in coinstats_portfolios. Never deletes a portfolio it did not create.",
+            **DRAFT_07,
+        ),
     },
 ) as dag:
 
     @task
     def resolve_accounts() -> list[str]:
-        """This run's batch of exchange connections (Param, else the Variable, read now, not at parse time).
+        """This run's batch of exchange accounts (Params, else the Variable, read now, not at parse time).
 
-        More accounts than one run can map ([core] max_map_length) are not an error: the rest is pushed as
-        XCom ``remaining`` and handed to a follow-up run by ``continue_with_remaining_accounts``.
+        The batch's wallets go to XCom ``wallet`` (``wallet_accounts`` hands them on). More accounts than one
+        run can map ([core] max_map_length) are not an error: the rest is pushed as XCom ``remaining`` and
+        handed to a follow-up run by ``continue_with_remaining_accounts``. Every listed account goes to XCom
+        ``listed`` (what pruning keeps).
         """
         from airflow.sdk import Variable, conf
 
         context = get_current_context()
         params = context["params"]
-        with failing_fast("Resolving the exchange accounts"):
-            conn_ids = pipeline.resolve_accounts(
-                params["exchange_conn_ids"], lambda: Variable.get(pipeline.ACCOUNTS_VARIABLE, default=None)
+        with failing_fast("Resolving the accounts"):
+            conn_ids = pipeline.resolve_account_ids(
+                params["account_conn_ids"],
+                params["exchange_conn_ids"],
+                lambda name: Variable.get(name, default=None),
             )
             batch, remaining = pipeline.split_batch(conn_ids, conf.getint("core", "max_map_length", fallback=1024))
-            pipeline.check_budget_covers(params["credit_budget"], len(batch), len(params["datasets"]))
+            kinds = pipeline.split_by_kind(batch, _conn_type)
+            pipeline.check_budget_covers(
+                params["credit_budget"], len(kinds["exchange"]), len(params["datasets"]), wallets=len(kinds["wallet"])
+            )
         if remaining:
             print(f"{len(conn_ids)} accounts: this run syncs {len(batch)}, a follow-up run the other {len(remaining)}")
         context["ti"].xcom_push(key="remaining", value=remaining)
-        return batch
+        context["ti"].xcom_push(key="listed", value=conn_ids)
+        context["ti"].xcom_push(key="wallet", value=kinds["wallet"])
+        return kinds["exchange"]
+
+    @task
+    def wallet_accounts() -> list[str]:
+        """This run's batch of wallet accounts (Airflow maps only over a task's return value)."""
+        return list(get_current_context()["ti"].xcom_pull(task_ids="resolve_accounts", key="wallet") or [])
+
+    def _conn_type(conn_id: str) -> str | None:
+        """The conn_type of a connection, ``None`` when it does not exist (called at run time only)."""
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return BaseHook.get_connection(conn_id).conn_type
+        except AirflowNotFoundException:
+            return None
 
     @task
     def remaining_accounts_conf() -> dict[str, Any]:
@@ -164,7 +208,13 @@ with DAG(
         remaining = context["ti"].xcom_pull(task_ids="resolve_accounts", key="remaining")
         if not remaining:
             raise AirflowSkipException("Every account fits into this run.")
-        return {**{key: context["params"][key] for key in context["params"]}, "exchange_conn_ids": remaining}
+        # The follow-up run only holds part of the list, so it must not prune the accounts it does not see.
+        return {
+            **{key: context["params"][key] for key in context["params"]},
+            "account_conn_ids": remaining,
+            "exchange_conn_ids": [],
+            "prune_removed_accounts": False,
+        }
 
     accounts = resolve_accounts()
     follow_up_conf = remaining_accounts_conf()
@@ -175,40 +225,65 @@ with DAG(
         trigger_dag_id=DAG_ID,
         conf=follow_up_conf,  # type: ignore[arg-type]
     )
+
+    wallets = wallet_accounts()
+    accounts >> wallets
     connect = ConnectExchangePortfolioOperator.partial(
         task_id="connect_exchange_portfolio", coinstats_conn_id=COINSTATS_CONN_ID, pool=POOL
     ).expand(exchange_conn_id=accounts)
+    connect_wallets = ConnectWalletPortfolioOperator.partial(
+        task_id="connect_wallet_portfolio", coinstats_conn_id=COINSTATS_CONN_ID, pool=POOL
+    ).expand(wallet_conn_id=wallets)
 
-    @task
-    def register_portfolios(exchange_conn_ids: list[str], portfolio_ids: list[str]) -> list[dict[str, Any]]:
-        """Write coinstats_portfolios and plan each portfolio's share of the credit budget."""
+    # none_failed: a kind with no account maps to zero connect tasks, which Airflow marks skipped.
+    @task(trigger_rule="none_failed")
+    def register_portfolios(
+        exchange_conn_ids: list[str], portfolio_ids: list[str], wallet_conn_ids: list[str], wallet_portfolios: list[str]
+    ) -> list[dict[str, Any]]:
+        """Write coinstats_portfolios, pick what to prune and plan each portfolio's share of the credit budget."""
         context = get_current_context()
         ti, params = context["ti"], context["params"]
 
-        def connect_result(index: int, key: str) -> Any:
-            return ti.xcom_pull(task_ids="connect_exchange_portfolio", key=key, map_indexes=index)
+        def connected(task_id: str, kind: str, conn_ids: list[str], pids: list[str]) -> list[dict[str, Any]]:
+            def result(index: int, key: str) -> Any:
+                return ti.xcom_pull(task_ids=task_id, key=key, map_indexes=index)
+
+            return [
+                {
+                    "account": conn_id,
+                    "kind": kind,
+                    "portfolio_id": portfolio_id,
+                    **{key: result(index, key) for key in ("connection_id", "status", "credits_spent")},
+                }
+                for index, (conn_id, portfolio_id) in enumerate(zip(conn_ids, pids or [], strict=True))
+            ]
 
         with failing_fast("Registering the portfolios"):
             records = pipeline.register_portfolios(
                 WAREHOUSE_CONN_ID,
                 [
-                    {
-                        "exchange_conn_id": conn_id,
-                        "portfolio_id": portfolio_id,
-                        **{key: connect_result(index, key) for key in ("connection_id", "status", "credits_spent")},
-                    }
-                    for index, (conn_id, portfolio_id) in enumerate(zip(exchange_conn_ids, portfolio_ids, strict=True))
+                    *connected("connect_exchange_portfolio", "exchange", exchange_conn_ids, portfolio_ids),
+                    *connected("connect_wallet_portfolio", "wallet", wallet_conn_ids, wallet_portfolios),
                 ],
+                created_by=DAG_ID,
             )
+            prune: list[dict[str, str]] = []
+            if params["prune_removed_accounts"]:
+                listed = ti.xcom_pull(task_ids="resolve_accounts", key="listed") or []
+                prune = pipeline.prune_candidates(
+                    WAREHOUSE_CONN_ID, DAG_ID, set(listed), {r["portfolio_id"] for r in records}
+                )
+                print(f"Pruning {len(prune)} portfolio(s) of accounts no longer listed")
             sync_budget, load_budget = pipeline.plan_budgets(
                 params["credit_budget"],
-                sum(r["credits_spent"] for r in records),
+                sum(r["credits_spent"] for r in records) + pipeline.pruning_cost(prune),
                 len({r["portfolio_id"] for r in records}),
                 len(params["datasets"]),
                 params["sync_timeout_minutes"] * 60,
                 params["sync_poll_seconds"],
             )
         ti.xcom_push(key="accounts", value=records)
+        ti.xcom_push(key="prune", value=prune)
         if "transactions" in params["datasets"]:
             plan_transactions(records, params)
         return pipeline.portfolio_work(records, sync_budget, load_budget)
@@ -226,14 +301,39 @@ with DAG(
         print(pipeline.format_transactions_plan(plan))
         get_current_context()["ti"].xcom_push(key="transactions_plan", value=plan)
 
-    registered = register_portfolios(accounts, connect.output)  # type: ignore[arg-type]
+    registered = register_portfolios(accounts, connect.output, wallets, connect_wallets.output)  # type: ignore[arg-type]
+
+    @task
+    def portfolios_to_prune() -> list[dict[str, str]]:
+        """The portfolios ``register_portfolios`` chose to delete (Airflow maps only over a return value)."""
+        return list(get_current_context()["ti"].xcom_pull(task_ids="register_portfolios", key="prune") or [])
+
+    to_prune = portfolios_to_prune()
+    registered >> to_prune
+    pruned = DeletePortfolioOperator.partial(
+        task_id="prune_removed_portfolio",
+        coinstats_conn_id=COINSTATS_CONN_ID,
+        hook_params={"credit_budget": pipeline.pruning_cost([None])},
+        pool=POOL,
+    ).expand_kwargs(to_prune)
+
+    @task(trigger_rule="none_failed")
+    def record_pruned(results: list[Any]) -> list[dict[str, Any]]:
+        """Mark every deleted portfolio in coinstats_portfolios (``deleted_at``)."""
+        with failing_fast("Recording the pruned portfolios"):
+            return pipeline.record_deletions(WAREHOUSE_CONN_ID, results)
+
+    recorded = record_pruned(pruned.output)  # type: ignore[arg-type]
 
     @task_group(group_id="portfolio")
-    def sync_and_load(portfolio_id: str, sync_budget: int | None, load_budget: int | None) -> None:
-        """Sync one portfolio, then load each selected dataset."""
+    def sync_and_load(
+        portfolio_id: str, sync_budget: int | None, load_budget: int | None, kind: str, account: str
+    ) -> None:
+        """Sync one portfolio, then load each selected dataset; the tasks are labelled by ``account``."""
         sync = SyncPortfolioOperator(
             task_id="sync",
             portfolio_id=portfolio_id,
+            account=account,
             coinstats_conn_id=COINSTATS_CONN_ID,
             sync_timeout="{{ params.sync_timeout_minutes * 60 }}",
             poll_interval="{{ params.sync_poll_seconds }}",
@@ -250,6 +350,7 @@ with DAG(
                 coinstats_conn_id=COINSTATS_CONN_ID,
                 warehouse_conn_id=WAREHOUSE_CONN_ID,
                 credit_budget=load_budget,
+                account=account,
                 outlets=[ASSETS[dataset]],
                 pool=POOL,
                 transactions_mode="{{ params.transactions_mode }}",
@@ -273,10 +374,11 @@ with DAG(
         ti = get_current_context()["ti"]
         accounts = ti.xcom_pull(task_ids="register_portfolios", key="accounts")
         result = pipeline.summarize(accounts, syncs, [values, coins, transactions])
+        result = pipeline.with_pruned(result, ti.xcom_pull(task_ids="record_pruned"))
         print(pipeline.format_summary(result))
         return result
 
-    summary(
+    recorded >> summary(
         group_results("sync"),
         group_results("load_value"),
         group_results("load_coins"),

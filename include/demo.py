@@ -168,7 +168,24 @@ def main() -> int:
             print(f"{table} differs between the runs ({changed} rows differ)")
     counts = {t: len(rows) for t, rows in states[1].items()}
     print(f"warehouse after run 2: {counts}; identical to after run 1: {'yes' if identical else 'NO'}")
+    print_try_it()
     return 0 if identical else 1
+
+
+#: A first query on the demo's warehouse: each account's kind and latest value.
+TRY_QUERY = (
+    "SELECT p.kind, p.account_conn_id, v.snapshot_date, v.total_value FROM coinstats_portfolios p "
+    "JOIN coinstats_portfolio_values v USING (portfolio_id) ORDER BY p.kind, p.account_conn_id;"
+)
+
+
+def print_try_it() -> None:
+    """Name the warehouse file and one query to try on it."""
+    from include.load_settings import parse_settings
+
+    path = parse_settings(ROOT / "airflow_settings.yaml").connections["coinstats_warehouse"]["host"]
+    print(f"warehouse: {path}")
+    print(f'try: sqlite3 {path} "{TRY_QUERY}"')
 
 
 if __name__ == "__main__":

@@ -203,6 +203,38 @@ def exchange_support() -> list[dict[str, Any]]:
     return [exchange.to_json() for exchange in EXCHANGES]
 
 
+#: ``GET /wallet/blockchains``: (connectionId, name, chain).
+BLOCKCHAINS: tuple[tuple[str, str, str], ...] = (
+    ("ethereum", "Ethereum", "ethereum"),
+    ("bitcoin", "Bitcoin", "bitcoin"),
+    ("solana", "Solana", "solana"),
+    ("polygon", "Polygon", "ethereum"),
+    ("binance_smart", "BNB Smart Chain", "ethereum"),
+    ("base", "Base", "ethereum"),
+    ("arbitrum", "Arbitrum", "ethereum"),
+)
+_BLOCKCHAIN_IDS = frozenset(connection_id for connection_id, _, _ in BLOCKCHAINS)
+
+
+def find_blockchain(connection_id: str) -> tuple[str, str, str] | None:
+    """The supported blockchain with this ``connectionId``, if any."""
+    return next((chain for chain in BLOCKCHAINS if chain[0] == connection_id), None)
+
+
+def blockchains() -> list[dict[str, Any]]:
+    """Body of ``GET /wallet/blockchains`` (``connectionId``, ``name``, ``icon``, ``chain`` per entry)."""
+    return [
+        {"connectionId": cid, "name": name, "icon": f"{_ICON_BASE}/blockchain_images/{cid}.png", "chain": chain}
+        for cid, name, chain in BLOCKCHAINS
+    ]
+
+
+def wallet_portfolio_id(api_key: str, connection_id: str, address: str) -> str:
+    """Stable portfolio id of a wallet: 24 hex chars of sha256 over the inputs (addresses compare case-blind)."""
+    material = f"wallet\x1f{api_key}\x1f{connection_id}\x1f{address.lower()}"
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
 def portfolio_id(api_key: str, connection_id: str, exchange_key: str, exchange_secret: str) -> str:
     """Stable portfolio id: first 24 hex chars of sha256 over the concatenated inputs."""
     material = f"{api_key}{connection_id}{exchange_key}{exchange_secret}"

@@ -4,6 +4,11 @@ Every option is a :class:`SandboxConfig` field, settable at construction, at run
 :meth:`SandboxServer.update` / ``POST /_sandbox/config`` and (most of them) as a CLI flag. With every
 switch below at its default the sandbox answers exactly as a well-behaved API would.
 
+Wallets: ``GET /wallet/blockchains`` (1 credit), ``POST /portfolio/wallet`` (40; idempotent per API key,
+blockchain and address; the address prefixes ``empty``/``stuck`` work like the exchange keys) and
+``DELETE /portfolio/{portfolioId}`` (10; the route key in stats and ``*_routes`` switches is the template)
+are served like the exchange routes: deterministic data per portfolio, faults and credits alike.
+
 Random faults (one draw per API request from ``fault_seed``): ``fault_rate_429``, ``fault_rate_5xx``,
 ``fault_rate_reset`` (TCP RST, no answer), ``fault_rate_slow`` (``slow_seconds`` before answering),
 ``fault_rate_truncate`` (a complete message whose JSON body is cut in half). ``faults=<total>``
@@ -351,6 +356,7 @@ class _Portfolio:
     icon: str
     empty: bool
     stuck: bool
+    kind: str = "exchange"
     sync_until: float = math.inf
     synced_once: bool = False
     # The transaction list is the generated one (indexes 0..n-1, newest first) with edits on top:
@@ -722,6 +728,63 @@ class SandboxApp:
                 status = "connected"
         return {"portfolioId": pid, "connectionId": connection_id, "status": status}
 
+    def _blockchains(self, call: _Call) -> Any:
+        return data.blockchains()
+
+    def _connect_wallet(self, call: _Call) -> Any:
+        """``POST /portfolio/wallet``: idempotent per (API key, blockchain, address); ``empty...``/``stuck...``
+        address prefixes make an empty portfolio or one whose sync never ends, like the exchange keys."""
+        try:
+            body = json.loads(call.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "Request body must be valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request body must be a JSON object")
+        address, connection_id = body.get("address"), body.get("connectionId")
+        if not isinstance(address, str) or not address.strip():
+            raise ApiError(400, "address is required")
+        if not isinstance(connection_id, str) or not connection_id:
+            raise ApiError(400, "connectionId is required")
+        chain = data.find_blockchain(connection_id)
+        if chain is None:
+            raise ApiError(400, "Invalid parameter: connectionId")
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "Invalid parameter: name")
+        pid = data.wallet_portfolio_id(call.api_key, connection_id, address)
+        with self._lock:
+            if pid in self._portfolios:
+                status = "existing"
+            else:
+                portfolio = _Portfolio(
+                    portfolio_id=pid,
+                    owner=call.api_key,
+                    connection_id=connection_id,
+                    name=name or f"{chain[1]} wallet",
+                    icon=data.blockchains()[data.BLOCKCHAINS.index(chain)]["icon"],
+                    empty=address.startswith("empty"),
+                    stuck=address.startswith("stuck"),
+                    kind="wallet",
+                )
+                # CoinStats starts a background transaction sync on connect.
+                portfolio.start_sync(time.monotonic(), call.config.sync_seconds)
+                self._portfolios[pid] = portfolio
+                status = "connected"
+        return {"portfolioId": pid, "connectionId": connection_id, "status": status}
+
+    def _delete(self, call: _Call) -> Any:
+        """``DELETE /portfolio/{portfolioId}`` (the id arrives as the ``portfolioId`` query value)."""
+        with self._lock:
+            portfolio = self._lookup(call)
+            assert portfolio is not None
+            del self._portfolios[portfolio.portfolio_id]
+        return {"message": "Portfolio deleted successfully"}
+
+    def has_portfolio(self, portfolio_id: str) -> bool:
+        """Whether a portfolio with this id exists (for tests and the demo)."""
+        with self._lock:
+            return portfolio_id in self._portfolios
+
     def _sync(self, call: _Call) -> Any:
         with self._lock:
             now = time.monotonic()
@@ -1086,8 +1149,28 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/portfolio/coins"): _Route(SandboxApp._coins, _fixed(8)),
     ("GET", "/portfolio/transactions"): _Route(SandboxApp._transactions, _fixed(4)),
     ("GET", "/usage/credits"): _Route(SandboxApp._usage, _fixed(0)),
+    ("GET", "/wallet/blockchains"): _Route(SandboxApp._blockchains, _fixed(1)),
+    ("POST", "/portfolio/wallet"): _Route(SandboxApp._connect_wallet, _fixed(40)),
+    ("DELETE", "/portfolio/{portfolioId}"): _Route(SandboxApp._delete, _fixed(10)),
 }
 _API_PATHS = frozenset(path for _, path in _ROUTES)
+#: Routes whose last path segment is a parameter: (method, prefix) -> (route path, query name it becomes).
+_PATH_PARAMS: dict[tuple[str, str], tuple[str, str]] = {
+    ("DELETE", "/portfolio/"): ("/portfolio/{portfolioId}", "portfolioId"),
+}
+
+
+def _route_path(method: str, path: str, query: dict[str, str]) -> str:
+    """The route path of a request: ``DELETE /portfolio/abc`` is ``/portfolio/{portfolioId}`` with
+    ``portfolioId=abc`` added to ``query``; every other path is its own route path."""
+    for (route_method, prefix), (route, name) in _PATH_PARAMS.items():
+        rest = path.removeprefix(prefix)
+        if method == route_method and rest != path and rest and "/" not in rest:
+            from urllib.parse import unquote
+
+            query[name] = unquote(rest)
+            return route
+    return path
 
 
 # -- HTTP transport -------------------------------------------------------------------------------
@@ -1179,6 +1262,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         query: dict[str, str] = {}
         for name, value in parse_qsl(split.query, keep_blank_values=True):
             query.setdefault(name, value)
+        path = _route_path(self.command, path, query)
         body = self._read_body(app, path)
         if body is None:
             return

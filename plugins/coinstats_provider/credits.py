@@ -13,12 +13,20 @@ from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded
 CREDIT_COSTS: Mapping[tuple[str, str], int] = {
     ("GET", "/exchange/support"): 1,
     ("POST", "/portfolio/exchange"): 10,
+    ("GET", "/wallet/blockchains"): 1,
+    ("POST", "/portfolio/wallet"): 40,
+    ("DELETE", "/portfolio/{portfolioId}"): 10,
     ("GET", "/portfolio/status"): 3,
     ("PATCH", "/portfolio/sync"): 30,
     ("GET", "/portfolio/value"): 10,
     ("GET", "/portfolio/coins"): 8,
     ("GET", "/portfolio/transactions"): 4,
     ("GET", "/usage/credits"): 0,
+}
+
+#: Routes whose path carries a parameter: (method, path prefix) -> the key of :data:`CREDIT_COSTS`.
+_PATH_TEMPLATES: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("DELETE", "/portfolio/"): ("DELETE", "/portfolio/{portfolioId}"),
 }
 
 #: Routes that cost 10x when called without ``portfolioId`` ("all portfolios").
@@ -28,6 +36,12 @@ _ALL_PORTFOLIOS_MULTIPLIED = frozenset({("PATCH", "/portfolio/sync")})
 SUPPORT_COST = CREDIT_COSTS[("GET", "/exchange/support")]
 #: ``POST /portfolio/exchange`` (connect one exchange account).
 CONNECT_COST = CREDIT_COSTS[("POST", "/portfolio/exchange")]
+#: ``GET /wallet/blockchains`` (the blockchains a wallet can be connected on).
+BLOCKCHAINS_COST = CREDIT_COSTS[("GET", "/wallet/blockchains")]
+#: ``POST /portfolio/wallet`` (connect one wallet address).
+WALLET_CONNECT_COST = CREDIT_COSTS[("POST", "/portfolio/wallet")]
+#: ``DELETE /portfolio/{portfolioId}`` (delete one API-created portfolio).
+DELETE_COST = CREDIT_COSTS[("DELETE", "/portfolio/{portfolioId}")]
 #: ``PATCH /portfolio/sync`` of one portfolio (with ``portfolioId``; without it the cost is 10x).
 SYNC_COST = CREDIT_COSTS[("PATCH", "/portfolio/sync")]
 #: ``GET /portfolio/status``: one sync status poll.
@@ -40,6 +54,20 @@ COINS_PAGE_COST = CREDIT_COSTS[("GET", "/portfolio/coins")]
 TRANSACTIONS_PAGE_COST = CREDIT_COSTS[("GET", "/portfolio/transactions")]
 
 
+def route_key(method: str, path: str) -> tuple[str, str]:
+    """The :data:`CREDIT_COSTS` key of a request: ``DELETE /portfolio/abc`` is ``DELETE /portfolio/{portfolioId}``.
+
+    :param method: HTTP method.
+    :param path: API path without query string, with its parameters filled in.
+    """
+    method = method.upper()
+    for (template_method, prefix), key in _PATH_TEMPLATES.items():
+        rest = path.removeprefix(prefix)
+        if method == template_method and rest != path and rest and "/" not in rest:
+            return key
+    return method, path
+
+
 def credit_cost(method: str, path: str, params: Mapping[str, Any] | None = None) -> int:
     """Return the credits one request costs.
 
@@ -47,7 +75,7 @@ def credit_cost(method: str, path: str, params: Mapping[str, Any] | None = None)
     :param path: API path without query string.
     :param params: Query parameters; a missing ``portfolioId`` on sync multiplies the cost by 10.
     """
-    key = (method.upper(), path)
+    key = route_key(method, path)
     try:
         base = CREDIT_COSTS[key]
     except KeyError:
@@ -139,6 +167,6 @@ class CreditMeter:
         :param cost: Credits it cost.
         """
         self.spent += cost
-        self.calls[f"{method} {path}"] += 1
+        self.calls[" ".join(route_key(method, path))] += 1
         if self.on_spend is not None:
             self.on_spend(self.spent)

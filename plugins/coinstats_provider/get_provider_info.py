@@ -15,7 +15,7 @@ from coinstats_provider.hooks import connection_limits as settings
 
 INTEGRATION = "CoinStats"
 #: Modules holding sensors (``BaseSensorOperator`` subclasses); the ``sensors`` section lists them.
-SENSOR_MODULES: tuple[str, ...] = ()
+SENSOR_MODULES: tuple[str, ...] = ("coinstats_provider.sensors.sync",)
 
 
 def _section(modules: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": DISTRIBUTION_NAME,
         "name": "CoinStats",
-        "description": "Connect exchange accounts to CoinStats portfolios, sync them and load them into SQL.",
+        "description": "Connect exchange accounts and wallets to CoinStats portfolios, sync them, load them into SQL.",
         "versions": [__version__],
         "integrations": [
             {
@@ -62,6 +62,7 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_provider.hooks.coinstats_base",
                     "coinstats_provider.hooks.coinstats",
                     "coinstats_provider.hooks.exchange",
+                    "coinstats_provider.hooks.wallet",
                 ],
             }
         ],
@@ -72,6 +73,7 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_provider.operators.connect",
                     "coinstats_provider.operators.sync",
                     "coinstats_provider.operators.load",
+                    "coinstats_provider.operators.delete",
                 ],
             }
         ],
@@ -157,6 +159,36 @@ def get_provider_info() -> dict[str, Any]:
                     "coinstats_conn_id": {
                         "label": "CoinStats connection id",
                         "description": "CoinStats connection used to test this account (default coinstats_default).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            {
+                "connection-type": "coinstats_wallet",
+                "hook-class-name": "coinstats_provider.hooks.wallet.CoinStatsWalletHook",
+                "hook-name": "CoinStats wallet",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port", "password"],
+                    "relabeling": {"login": "Wallet address"},
+                    "placeholders": {
+                        "login": "0x... (ethereum), bc1... (bitcoin), base58 (solana)",
+                        "extra": '{"connection_id": "ethereum"}',
+                    },
+                },
+                "conn-fields": {
+                    "connection_id": {
+                        "label": "CoinStats blockchain id",
+                        "description": "connectionId from GET /wallet/blockchains, e.g. ethereum, bitcoin, solana.",
+                        "schema": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]+$"},
+                    },
+                    "portfolio_name": {
+                        "label": "Portfolio name",
+                        "description": "Optional display name of the CoinStats portfolio.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "coinstats_conn_id": {
+                        "label": "CoinStats connection id",
+                        "description": "CoinStats connection used to test this wallet (default coinstats_default).",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

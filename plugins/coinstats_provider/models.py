@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class ConnectStatus(StrEnum):
-    """``status`` of ``POST /portfolio/exchange``; both values mean success."""
+    """``status`` of ``POST /portfolio/exchange`` and ``POST /portfolio/wallet``; both values mean success."""
 
     CONNECTED = "connected"
     EXISTING = "existing"
@@ -58,3 +58,24 @@ class CreditUsage:
     used_credits: float
     remaining_credits: float
     subscription: str
+
+
+class PortfolioKind(StrEnum):
+    """What a CoinStats portfolio tracks: an exchange account or a wallet address."""
+
+    EXCHANGE = "exchange"
+    WALLET = "wallet"
+
+
+@dataclass(frozen=True)
+class SupportedBlockchain:
+    """One entry of ``GET /wallet/blockchains``.
+
+    :param connection_id: CoinStats blockchain id to connect a wallet with, e.g. ``ethereum``.
+    :param name: Display name.
+    :param chain: The chain family CoinStats names (e.g. ``ethereum`` for an EVM network), if given.
+    """
+
+    connection_id: str
+    name: str
+    chain: str | None = None

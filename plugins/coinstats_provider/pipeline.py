@@ -10,23 +10,31 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Sized
 from typing import Any, TypedDict
 
 from coinstats_provider.credits import (
+    BLOCKCHAINS_COST,
     COINS_PAGE_COST,
     CONNECT_COST,
+    DELETE_COST,
     POLL_COST,
     SUPPORT_COST,
     SYNC_COST,
     TRANSACTIONS_PAGE_COST,
     VALUE_COST,
+    WALLET_CONNECT_COST,
 )
 from coinstats_provider.exceptions import CoinStatsConfigError
 from coinstats_provider.hooks.connection import DEFAULT_PAGE_SIZE
-from coinstats_provider.warehouse.schema import DATASET_TABLES
+from coinstats_provider.warehouse.schema import DATASET_TABLES, PORTFOLIOS_TABLE
 
+#: The older Variable of the accounts list (exchange connections only at first; still read).
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
+#: The Variable of the accounts list: exchange and wallet connection ids.
+ACCOUNT_IDS_VARIABLE = "coinstats_account_conn_ids"
+#: Connection type of each account kind.
+ACCOUNT_CONN_TYPES: Mapping[str, str] = {"coinstats_exchange": "exchange", "coinstats_wallet": "wallet"}
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 #: The least a portfolio can cost after connecting: sync, one poll, value, one page of coins and of
 #: transactions.
@@ -34,13 +42,15 @@ MIN_CREDITS_PER_PORTFOLIO = SYNC_COST + POLL_COST + VALUE_COST + COINS_PAGE_COST
 
 
 class AccountRecord(TypedDict):
-    """One connected exchange account, as :func:`register_portfolios` returns it.
+    """One connected account (exchange or wallet), as :func:`register_portfolios` returns it.
 
-    :param exchange_conn_id: The ``coinstats_exchange`` connection.
+    :param exchange_conn_id: The account's connection (the key keeps its first name; a wallet's too).
     :param portfolio_id: The CoinStats portfolio it is connected to.
-    :param connection_id: The CoinStats exchange id.
+    :param connection_id: The CoinStats exchange or blockchain id.
     :param status: ``connected`` or ``existing``.
     :param credits_spent: Credits its connect task spent.
+    :param kind: ``exchange`` or ``wallet``.
+    :param account: The account's connection id (the same as ``exchange_conn_id``).
     """
 
     exchange_conn_id: str
@@ -48,9 +58,12 @@ class AccountRecord(TypedDict):
     connection_id: str
     status: str
     credits_spent: int
+    kind: str
+    account: str
 
 
-#: Keys an account record must carry (``credits_spent`` may be missing or ``None``: 0).
+#: Keys an account record must carry (``credits_spent`` may be missing or ``None``: 0; ``account`` may stand
+#: for ``exchange_conn_id``; ``kind`` defaults to ``exchange``).
 _ACCOUNT_KEYS = ("exchange_conn_id", "portfolio_id", "connection_id", "status")
 
 
@@ -83,6 +96,15 @@ def resolve_accounts(param_value: Any, read_variable: Callable[[], str | None]) 
             f"connection ids) or set the Variable '{ACCOUNTS_VARIABLE}' to a JSON list such as "
             '["coinstats_exchange_binance"].'
         )
+    return _unique_conn_ids(ids, source)
+
+
+def _unique_conn_ids(ids: list[Any], source: str) -> list[str]:
+    """``ids`` without repeats, each checked to be a connection id.
+
+    :param ids: The raw list.
+    :param source: Where it came from, for the message.
+    """
     unique: list[str] = []
     for conn_id in ids:
         if not isinstance(conn_id, str) or not _CONN_ID.match(conn_id):
@@ -92,6 +114,63 @@ def resolve_accounts(param_value: Any, read_variable: Callable[[], str | None]) 
         if conn_id not in unique:
             unique.append(conn_id)
     return unique
+
+
+def resolve_account_ids(
+    account_param: Any, exchange_param: Any, read_variable: Callable[[str], str | None]
+) -> list[str]:
+    """Return this run's account connection ids (exchange and wallet): the Params, else a Variable.
+
+    The Params ``account_conn_ids`` and the older ``exchange_conn_ids`` are merged (in that order); when
+    both are empty, the Variable ``coinstats_account_conn_ids`` is read, else the older
+    ``coinstats_exchange_conn_ids`` (at run time, never at parse time).
+
+    :param account_param: Value of the ``account_conn_ids`` Param (list, JSON text or comma-separated text).
+    :param exchange_param: Value of the older ``exchange_conn_ids`` Param, in the same forms.
+    :param read_variable: Returns the raw Variable of that name, or ``None`` if unset.
+    """
+    ids = [*_as_list(account_param, "Param 'account_conn_ids'"), *_as_list(exchange_param, "Param 'exchange_conn_ids'")]
+    source = "Params 'account_conn_ids'/'exchange_conn_ids'"
+    for name in (ACCOUNT_IDS_VARIABLE, ACCOUNTS_VARIABLE):
+        if ids:
+            break
+        raw = read_variable(name)
+        source = f"Variable '{name}'"
+        ids = _as_list(raw, source) if raw else []
+    if not ids:
+        raise CoinStatsConfigError(
+            "No accounts to sync: pass the Param 'account_conn_ids' (a list of coinstats_exchange and "
+            f"coinstats_wallet connection ids) or set the Variable '{ACCOUNT_IDS_VARIABLE}' (or the older "
+            f"'{ACCOUNTS_VARIABLE}') to a JSON list such as "
+            '["coinstats_exchange_binance", "coinstats_wallet_eth"].'
+        )
+    return _unique_conn_ids(ids, source)
+
+
+def split_by_kind(conn_ids: Sequence[str], conn_type_of: Callable[[str], str | None]) -> dict[str, list[str]]:
+    """Split account connections by kind (``exchange``, ``wallet``), keeping their order.
+
+    :param conn_ids: The accounts.
+    :param conn_type_of: Returns a connection's conn_type (``None`` when the connection does not exist).
+    :raises CoinStatsConfigError: A connection is missing or of another type (nothing was spent).
+    """
+    kinds: dict[str, list[str]] = {kind: [] for kind in ACCOUNT_CONN_TYPES.values()}
+    for conn_id in conn_ids:
+        conn_type = conn_type_of(conn_id)
+        if conn_type is None:
+            raise CoinStatsConfigError(
+                f"Account connection '{conn_id}' is not defined. Create it (conn_type coinstats_exchange for an "
+                "exchange account, coinstats_wallet for a wallet) or remove it from the accounts list. "
+                "Nothing was spent."
+            )
+        if conn_type not in ACCOUNT_CONN_TYPES:
+            raise CoinStatsConfigError(
+                f"Account connection '{conn_id}' has conn_type '{str(conn_type)[:40]}', expected "
+                "coinstats_exchange or coinstats_wallet. Fix its type or remove it from the accounts list. "
+                "Nothing was spent."
+            )
+        kinds[ACCOUNT_CONN_TYPES[conn_type]].append(conn_id)
+    return kinds
 
 
 def split_batch(conn_ids: Sequence[str], max_map_length: int) -> tuple[list[str], list[str]]:
@@ -121,20 +200,24 @@ def _as_list(value: Any, source: str) -> list[Any]:
     return value
 
 
-def check_budget_covers(run_budget: int | None, accounts: int, datasets: int) -> None:
+def check_budget_covers(run_budget: int | None, accounts: int, datasets: int, *, wallets: int = 0) -> None:
     """Fail before anything is spent when a run's budget cannot cover even the cheapest run.
 
     :param run_budget: The run's cap, or ``None``.
     :param accounts: Number of exchange accounts.
     :param datasets: Number of selected datasets.
+    :param wallets: Number of wallets (each connect costs 40 credits, plus the blockchain list).
     """
-    # Each connect task may pay for the exchange list itself (its cache is per worker machine).
+    # Each connect task may pay for the exchange (or blockchain) list itself (its cache is per worker machine).
     each = SUPPORT_COST + CONNECT_COST + min_credits_per_portfolio(datasets)
-    needed = accounts * each
+    each_wallet = BLOCKCHAINS_COST + WALLET_CONNECT_COST + min_credits_per_portfolio(datasets)
+    needed = accounts * each + wallets * each_wallet
+    accounts += wallets
     if run_budget is not None and run_budget < needed:
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} cannot cover {accounts} account(s): connecting and syncing "
-            f"each takes at least {each} credits ({needed} in all). "
+            f"each takes at least {each} credits"
+            f"{f' (each wallet {each_wallet})' if wallets else ''} ({needed} in all). "
             "Nothing was spent. Raise the budget or sync fewer accounts."
         )
 
@@ -181,14 +264,20 @@ def plan_budgets(
     return sync_budget, load_budget
 
 
-def register_portfolios(warehouse_conn_id: str, accounts: Iterable[Mapping[str, Any]]) -> list[AccountRecord]:
+def register_portfolios(
+    warehouse_conn_id: str, accounts: Iterable[Mapping[str, Any]], *, created_by: str | None = None
+) -> list[AccountRecord]:
     """Write one portfolio row per account (one transaction each, upsert) and return the account records.
 
-    Every record is checked before anything is written.
+    Every record is checked before anything is written. A listed account's row is no longer removed
+    (``removed_at``/``deleted_at`` cleared).
 
     :param warehouse_conn_id: SQL connection of the warehouse.
-    :param accounts: One record per connect task, in map order: ``exchange_conn_id``, ``portfolio_id``,
-        ``connection_id``, ``status`` and ``credits_spent`` (``None`` or missing counts as 0).
+    :param accounts: One record per connect task, in map order: ``exchange_conn_id`` (or ``account``),
+        ``portfolio_id``, ``connection_id``, ``status``, ``credits_spent`` (``None`` or missing counts as 0)
+        and ``kind`` (default ``exchange``).
+    :param created_by: The DAG id to record in ``created_by`` when its connect created the portfolio
+        (``connected``); an ``existing`` answer never sets it, nor clears it.
     :raises ValueError: When a record lacks one of those keys (nothing is written).
     """
     records = [_account_record(index, account) for index, account in enumerate(accounts)]
@@ -197,19 +286,26 @@ def register_portfolios(warehouse_conn_id: str, accounts: Iterable[Mapping[str, 
     warehouse = CoinStatsWarehouse(warehouse_conn_id)
     warehouse.ensure_schema()
     for record in records:
-        warehouse.upsert_portfolio(
-            {
-                "portfolio_id": record["portfolio_id"],
-                "connection_id": record["connection_id"],
-                "exchange_conn_id": record["exchange_conn_id"],
-                "portfolio_name": None,
-                "last_connect_status": record["status"],
-            }
-        )
+        row: dict[str, Any] = {
+            "portfolio_id": record["portfolio_id"],
+            "connection_id": record["connection_id"],
+            "exchange_conn_id": record["account"] if record["kind"] == "exchange" else None,
+            "portfolio_name": None,
+            "last_connect_status": record["status"],
+            "kind": record["kind"],
+            "account_conn_id": record["account"],
+            "removed_at": None,
+            "deleted_at": None,
+        }
+        if created_by and record["status"] == "connected":
+            row["created_by"] = created_by
+        warehouse.upsert_portfolio(row)
     return records
 
 
 def _account_record(index: int, account: Mapping[str, Any]) -> AccountRecord:
+    if account.get("exchange_conn_id") in (None, "") and account.get("account"):
+        account = {**account, "exchange_conn_id": account["account"]}
     missing = [key for key in _ACCOUNT_KEYS if account.get(key) in (None, "")]
     if missing:
         raise ValueError(
@@ -222,6 +318,8 @@ def _account_record(index: int, account: Mapping[str, Any]) -> AccountRecord:
         "connection_id": account["connection_id"],
         "status": account["status"],
         "credits_spent": int(account.get("credits_spent") or 0),
+        "kind": str(account.get("kind") or "exchange"),
+        "account": account["exchange_conn_id"],
     }
 
 
@@ -229,6 +327,9 @@ def portfolio_work(
     records: Iterable[Mapping[str, Any]], sync_budget: int | None, load_budget: int | None
 ) -> list[dict[str, Any]]:
     """One mapping entry per distinct portfolio (two connections of one account sync once).
+
+    Each entry carries ``portfolio_id``, the budgets, ``kind`` and ``account`` (the first connection of
+    the portfolio), the arguments of the DAG's ``portfolio`` task group.
 
     :param records: Output of :func:`register_portfolios`.
     :param sync_budget: Credit budget of each sync task.
@@ -238,9 +339,79 @@ def portfolio_work(
     for record in records:
         seen.setdefault(
             record["portfolio_id"],
-            {"portfolio_id": record["portfolio_id"], "sync_budget": sync_budget, "load_budget": load_budget},
+            {
+                "portfolio_id": record["portfolio_id"],
+                "sync_budget": sync_budget,
+                "load_budget": load_budget,
+                "kind": record.get("kind") or "exchange",
+                "account": record.get("account") or record["exchange_conn_id"],
+            },
         )
     return list(seen.values())
+
+
+def prune_candidates(
+    warehouse_conn_id: str, dag_id: str, listed: Collection[str], kept: Collection[str]
+) -> list[dict[str, str]]:
+    """Mark the portfolios whose account left the accounts list; return those this DAG may delete.
+
+    A registered portfolio whose account is not in ``listed`` (and that no listed account shares) gets
+    ``removed_at``. Only those whose ``created_by`` is ``dag_id`` (its connect answered ``connected``) and
+    that are not deleted yet are returned: a portfolio that existed before (``existing``), one registered
+    by an older version (``created_by`` unknown) or by another DAG is never deleted.
+
+    :param warehouse_conn_id: SQL connection of the warehouse.
+    :param dag_id: This DAG.
+    :param listed: Every account of the run's list (all batches, not only this run's).
+    :param kept: Portfolio ids of this run's accounts.
+    :return: ``{"portfolio_id", "account"}`` per portfolio to delete.
+    """
+    from coinstats_provider.warehouse.database import utc_now
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import spec
+
+    warehouse = CoinStatsWarehouse(warehouse_conn_id)
+    warehouse.ensure_schema()
+    columns = spec(PORTFOLIOS_TABLE).column_names
+    rows = [dict(zip(columns, row, strict=True)) for row in warehouse.fetch_table(PORTFOLIOS_TABLE)]
+    now = utc_now()
+    delete: list[dict[str, str]] = []
+    for row in rows:
+        account = row["account_conn_id"] or row["exchange_conn_id"]
+        if row["portfolio_id"] in kept or account in listed or row["deleted_at"]:
+            continue
+        if not row["removed_at"]:
+            warehouse.upsert_portfolio({"portfolio_id": row["portfolio_id"], "removed_at": now})
+        if row["created_by"] == dag_id:
+            delete.append({"portfolio_id": row["portfolio_id"], "account": str(account)})
+    return delete
+
+
+def pruning_cost(candidates: Sized) -> int:
+    """Credits the deletions of :func:`prune_candidates` cost (10 each), reserved out of the run budget.
+
+    :param candidates: The portfolios to delete.
+    """
+    return len(candidates) * DELETE_COST
+
+
+def record_deletions(warehouse_conn_id: str, results: Iterable[Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+    """Stamp ``deleted_at`` on every portfolio a delete task removed (or found already gone).
+
+    :param warehouse_conn_id: SQL connection of the warehouse.
+    :param results: Return values of the delete tasks (``None`` for skipped ones).
+    :return: The results recorded.
+    """
+    done = [dict(result) for result in _records(results) if result and result.get("portfolio_id")]
+    if done:
+        from coinstats_provider.warehouse.database import utc_now
+        from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+
+        warehouse = CoinStatsWarehouse(warehouse_conn_id)
+        now = utc_now()
+        for result in done:
+            warehouse.upsert_portfolio({"portfolio_id": result["portfolio_id"], "deleted_at": now})
+    return done
 
 
 def summarize(accounts: Any, syncs: Any, loads: Any) -> dict[str, Any]:
@@ -316,6 +487,26 @@ def _records(values: Any) -> list[Mapping[str, Any]]:
     return [record for value in values for record in _records(value)]
 
 
+def with_pruned(summary: dict[str, Any], pruned: Any) -> dict[str, Any]:
+    """Add the run's deletions (``pruned``: portfolio, account, deleted, credits) to a :func:`summarize` result.
+
+    :param summary: Output of :func:`summarize` (changed in place and returned).
+    :param pruned: Output of :func:`record_deletions`, ``None`` when nothing was pruned.
+    """
+    entries = [
+        {
+            "portfolio_id": r["portfolio_id"],
+            "account": r.get("account"),
+            "deleted": bool(r.get("deleted")),
+            "credits_spent": int(r.get("credits_spent") or 0),
+        }
+        for r in _records(pruned)
+    ]
+    summary["pruned"] = entries
+    summary["total_credits"] += sum(e["credits_spent"] for e in entries)
+    return summary
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Render :func:`summarize` output as a small text table for logs and the demo.
 
@@ -341,6 +532,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 f"{entry['portfolio_id']:<26} transactions mode: {mode['mode']} ({mode['mode_reason']}), "
                 f"{mode['credits_saved']} credits saved against a full read ({mode['full_read_credits']})"
             )
+    for entry in summary.get("pruned") or ():
+        done = "deleted" if entry["deleted"] else "already gone"
+        credits = entry["credits_spent"]
+        lines.append(f"{entry['portfolio_id']:<26} pruned ({done}, {credits} credits): {entry['account']}")
     lines.append(f"total credits spent: {summary['total_credits']}")
     if summary.get("credits_saved"):
         lines.append(f"credits saved by incremental transactions reads: {summary['credits_saved']}")

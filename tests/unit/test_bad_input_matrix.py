@@ -63,7 +63,7 @@ from coinstats_provider.exceptions import (
 from coinstats_provider.hooks import support_cache
 from coinstats_provider.hooks.coinstats import CoinStatsHook
 from coinstats_provider.operators._common import failing_fast
-from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
+from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, ConnectWalletPortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
@@ -773,6 +773,70 @@ def _budget_below_minimum(env: Env) -> Outcome:
     return local(env, lambda: _resolve_accounts(["coinstats_exchange_binance"], 60, 3))
 
 
+# -- wallet cases ------------------------------------------------------------------------------------
+
+#: A wallet address: not a secret, but personal, so no message may show it whole.
+WALLET_ADDRESS = "0x" + "f00dbabe42" * 4
+BLOCKCHAINS = [{"connectionId": "ethereum", "name": "Ethereum", "icon": "i", "chain": "ethereum"}]
+
+
+def _wallet_op(env: Env, login: str, chain: str = "ethereum") -> object:
+    set_connection(
+        env.monkeypatch, "wallet_eth", conn_type="coinstats_wallet", login=login, extra={"connection_id": chain}
+    )
+    return execute(env, ConnectWalletPortfolioOperator(task_id="connect_wallet", wallet_conn_id="wallet_eth"))
+
+
+def _unknown_blockchain(env: Env) -> Outcome:
+    def register(mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE_URL}/wallet/blockchains", json=BLOCKCHAINS)
+        mock.post(f"{BASE_URL}/portfolio/wallet", json={"portfolioId": "pf-w", "status": "connected"})
+
+    return mocked(env, register, lambda: _wallet_op(env, WALLET_ADDRESS, "etherium"))
+
+
+def _empty_address(env: Env) -> Outcome:
+    return local(env, lambda: _wallet_op(env, ""))
+
+
+def _malformed_address(env: Env) -> Outcome:
+    return local(env, lambda: _wallet_op(env, WALLET_ADDRESS[:-3]))
+
+
+WALLET_CASES: tuple[Case, ...] = (
+    Case(
+        "unknown-blockchain",
+        "wallet connection_id 'etherium' (typo)",
+        _unknown_blockchain,
+        ("'etherium', which GET /wallet/blockchains does not list", "Nearest supported ids: ethereum", "Fix the extra"),
+        credits=1,
+        requests=1,
+        failed_requests=0,
+        via="responses",
+        absent=(WALLET_ADDRESS,),
+    ),
+    Case(
+        "empty-address",
+        "wallet connection without address (Login empty)",
+        _empty_address,
+        ("has no address", "put the wallet address in its Login field"),
+        credits=0,
+        requests=0,
+        failed_requests=0,
+    ),
+    Case(
+        "malformed-address",
+        "ethereum wallet address 3 digits short",
+        _malformed_address,
+        ("is not a 'ethereum' address", "expected 0x followed by 40 hexadecimal digits", "Fix its Login field"),
+        credits=0,
+        requests=0,
+        failed_requests=0,
+        absent=(WALLET_ADDRESS[:-3],),
+    ),
+)
+
+
 CASES: tuple[Case, ...] = (
     Case(
         "missing-api-key",
@@ -1238,6 +1302,7 @@ CASES: tuple[Case, ...] = (
 )
 
 
+CASES = (*CASES, *WALLET_CASES)
 CASES_BY_ID: dict[str, Case] = {case.id: case for case in CASES}
 
 
@@ -1469,6 +1534,10 @@ Notes:
   text columns and in `payload_json`; the rows load.
 * `settings-uri-and-fields` is raised by `python -m include.load_settings` (exit status 2) before anything
   is written; the message never shows the URI or its password.
+* Wallets (`unknown-blockchain`, `empty-address`, `malformed-address`): the address is checked locally
+  before anything is sent (non-empty, one word, and the chain's format where it is unambiguous: EVM
+  chains, bitcoin, solana); only the blockchain id needs `GET /wallet/blockchains` (1 credit, cached), and
+  no 40-credit connect is sent. Messages show the address shortened (`0xf0…be42`), never whole.
 * More accounts than `[core] max_map_length` are not an error: the run syncs the first batch and hands
   the rest to a follow-up run
   (`tests/integration/test_pipeline_e2e.py::test_accounts_beyond_max_map_length_go_to_a_follow_up_run`).

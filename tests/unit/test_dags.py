@@ -110,7 +110,9 @@ def test_main_dag_shape_pool_and_assets() -> None:
     assert dag.timetable.expression == "0 0 * * *"  # @daily
     assert dag.catchup is False
     assert set(dag.params) == {
+        "account_conn_ids",
         "exchange_conn_ids",
+        "prune_removed_accounts",
         "datasets",
         "sync_timeout_minutes",
         "sync_poll_seconds",
@@ -120,7 +122,13 @@ def test_main_dag_shape_pool_and_assets() -> None:
         "transactions_overlap_hours",
         "full_every_days",
     }
-    calling = ["connect_exchange_portfolio", "portfolio.sync", *(f"portfolio.load_{d}" for d in DATASETS)]
+    calling = [
+        "connect_exchange_portfolio",
+        "connect_wallet_portfolio",
+        "prune_removed_portfolio",
+        "portfolio.sync",
+        *(f"portfolio.load_{d}" for d in DATASETS),
+    ]
     for task_id in calling:
         assert dag.get_task(task_id).pool == "coinstats_api", task_id
     for dataset, table in DATASET_TABLES.items():
@@ -128,11 +136,20 @@ def test_main_dag_shape_pool_and_assets() -> None:
         assert [asset.name for asset in outlets] == [table]
     # The summary reads the sync and load results of the mapped group through explicit references.
     loads = {f"portfolio.load_{d}" for d in DATASETS}
-    assert dag.get_task("summary").upstream_task_ids == {"portfolio.sync", *loads}
+    assert dag.get_task("summary").upstream_task_ids == {"portfolio.sync", *loads, "record_pruned"}
     assert dag.get_task("summary").trigger_rule == "none_failed"
     for task_id in loads:
         assert dag.get_task(task_id).upstream_task_ids == {"portfolio.sync", "register_portfolios"}
-    assert dag.get_task("register_portfolios").upstream_task_ids == {"resolve_accounts", "connect_exchange_portfolio"}
+    assert dag.get_task("register_portfolios").upstream_task_ids == {
+        "resolve_accounts",
+        "wallet_accounts",
+        "connect_exchange_portfolio",
+        "connect_wallet_portfolio",
+    }
+    # A kind without accounts maps to zero (skipped) connect tasks: registering must still run.
+    assert dag.get_task("register_portfolios").trigger_rule == "none_failed"
+    assert dag.get_task("record_pruned").trigger_rule == "none_failed"
+    assert dag.get_task("summary").upstream_task_ids >= {"record_pruned"}
     # The follow-up conf reads resolve_accounts' XCom "remaining": it must run after it, or it would skip.
     assert "resolve_accounts" in dag.get_task("remaining_accounts_conf").upstream_task_ids
     assert dag.get_task("continue_with_remaining_accounts").upstream_task_ids == {"remaining_accounts_conf"}

@@ -22,8 +22,9 @@ def test_project_settings_parse() -> None:
     assert settings.pools == {
         "coinstats_api": (4, "Concurrent CoinStats API calls (one API key); deferred waits hold no slot")
     }
-    ids = json.loads(settings.variables["coinstats_exchange_conn_ids"])
+    ids = json.loads(settings.variables["coinstats_account_conn_ids"])
     assert set(ids) <= set(settings.connections)
+    assert {settings.connections[i]["conn_type"] for i in ids} == {"coinstats_exchange", "coinstats_wallet"}
 
 
 @pytest.mark.slow
@@ -33,7 +34,7 @@ def test_apply_is_an_idempotent_upsert(airflow_db: Path, tmp_path: Path) -> None
     from sqlalchemy import func, select
 
     settings = parse_settings(ROOT / "airflow_settings.yaml")
-    assert apply_settings(settings) == {"connections": 5, "variables": 1, "pools": 1}
+    assert apply_settings(settings) == {"connections": 6, "variables": 1, "pools": 1}
     settings.connections["coinstats_default"]["password"] = "rotated-key"
     settings.pools["coinstats_api"] = (2, "smaller")
     apply_settings(settings)
@@ -46,7 +47,7 @@ def test_apply_is_an_idempotent_upsert(airflow_db: Path, tmp_path: Path) -> None
         assert pool is not None
         assert (pool.slots, pool.include_deferred) == (2, False)
         assert session.scalar(select(func.count()).select_from(Pool).where(Pool.pool == "coinstats_api")) == 1
-    assert json.loads(Variable.get("coinstats_exchange_conn_ids"))[0] == "coinstats_exchange_binance"  # noqa: AIR311
+    assert json.loads(Variable.get("coinstats_account_conn_ids"))[0] == "coinstats_exchange_binance"  # noqa: AIR311
 
 
 @pytest.mark.parametrize(

@@ -285,6 +285,8 @@ def test_register_portfolios_writes_rows_and_returns_records(warehouse: Path) ->
             "connection_id": "binance",
             "status": "connected",
             "credits_spent": 11,
+            "kind": "exchange",
+            "account": "ex_binance",
         },
         {
             "exchange_conn_id": "ex_okx",
@@ -292,6 +294,8 @@ def test_register_portfolios_writes_rows_and_returns_records(warehouse: Path) ->
             "connection_id": "okx",
             "status": "existing",
             "credits_spent": 0,
+            "kind": "exchange",
+            "account": "ex_okx",
         },
     ]
     assert portfolio_rows(warehouse) == [
@@ -343,14 +347,20 @@ def test_portfolio_work_dedupes_portfolios_in_order() -> None:
         {"portfolio_id": "pf-2", "exchange_conn_id": "ex_c"},
     ]
 
+    work = {"kind": "exchange"}
     assert portfolio_work(records, 63, 120) == [
-        {"portfolio_id": "pf-2", "sync_budget": 63, "load_budget": 120},
-        {"portfolio_id": "pf-1", "sync_budget": 63, "load_budget": 120},
+        {"portfolio_id": "pf-2", "sync_budget": 63, "load_budget": 120, **work, "account": "ex_a"},
+        {"portfolio_id": "pf-1", "sync_budget": 63, "load_budget": 120, **work, "account": "ex_b"},
     ]
     assert portfolio_work([], None, None) == []
     assert portfolio_work(records[:1], None, None) == [
-        {"portfolio_id": "pf-2", "sync_budget": None, "load_budget": None}
+        {"portfolio_id": "pf-2", "sync_budget": None, "load_budget": None, **work, "account": "ex_a"}
     ]
+    wallet = [{"portfolio_id": "pf-w", "account": "wallet_eth", "kind": "wallet", "exchange_conn_id": "wallet_eth"}]
+    assert (
+        portfolio_work(wallet, None, None)[0] | {"kind": "wallet", "account": "wallet_eth"}
+        == portfolio_work(wallet, None, None)[0]
+    )
 
 
 # -- summarize and format_summary ------------------------------------------------------------------
@@ -535,3 +545,92 @@ def test_transactions_plan_per_portfolio(tmp_path: Path, monkeypatch: pytest.Mon
     assert plan[0]["since"] == "2024-01-01T00:22:00+00:00"
     text = pipeline.format_transactions_plan(plan)
     assert "pf-new                     full        (first load of this portfolio (no sync state)); about 4" in text
+
+
+# -- accounts of both kinds, pruning ---------------------------------------------------------------
+
+
+def variables(**values: str) -> Callable[[str], str | None]:
+    return values.get
+
+
+def test_resolve_account_ids_merges_params_then_falls_back_to_the_variables() -> None:
+    assert pipeline.resolve_account_ids(["w_eth", "ex_a"], "ex_a,ex_b", variables()) == ["w_eth", "ex_a", "ex_b"]
+    new, old = pipeline.ACCOUNT_IDS_VARIABLE, pipeline.ACCOUNTS_VARIABLE
+    both = variables(**{new: '["w_eth"]', old: '["ex_old"]'})
+    assert pipeline.resolve_account_ids([], [], both) == ["w_eth"]
+    assert pipeline.resolve_account_ids(None, None, variables(**{old: "ex_old"})) == ["ex_old"]
+    with pytest.raises(CoinStatsConfigError, match="Variable 'coinstats_account_conn_ids' holds 'bad id'"):
+        pipeline.resolve_account_ids([], [], variables(**{new: "bad id"}))
+    with pytest.raises(CoinStatsConfigError, match="No accounts to sync: pass the Param 'account_conn_ids'"):
+        pipeline.resolve_account_ids([], [], variables())
+
+
+def test_split_by_kind() -> None:
+    types = {"ex_a": "coinstats_exchange", "w_eth": "coinstats_wallet", "ex_b": "coinstats_exchange"}
+    assert pipeline.split_by_kind(["w_eth", "ex_b", "ex_a"], types.get) == {
+        "exchange": ["ex_b", "ex_a"],
+        "wallet": ["w_eth"],
+    }
+    with pytest.raises(CoinStatsConfigError, match=r"'nope' is not defined\. Create it"):
+        pipeline.split_by_kind(["nope"], types.get)
+    with pytest.raises(CoinStatsConfigError, match="conn_type 'postgres', expected coinstats_exchange or"):
+        pipeline.split_by_kind(["pg"], {"pg": "postgres"}.get)
+
+
+def test_budget_check_counts_wallets_at_their_price() -> None:
+    exchange_only = pipeline.SUPPORT_COST + pipeline.CONNECT_COST + pipeline.min_credits_per_portfolio(3)
+    wallet = 1 + 40 + pipeline.min_credits_per_portfolio(3)
+    pipeline.check_budget_covers(exchange_only + wallet, 1, 3, wallets=1)
+    with pytest.raises(CoinStatsConfigError, match=f"each wallet {wallet}"):
+        pipeline.check_budget_covers(exchange_only + wallet - 1, 1, 3, wallets=1)
+
+
+def test_register_wallets_and_prune_only_what_this_dag_created(warehouse: Path) -> None:
+    records = register_portfolios(
+        "coinstats_warehouse",
+        [
+            {"account": "w_eth", "kind": "wallet", "portfolio_id": "pf-w", "connection_id": "ethereum",
+             "status": "connected", "credits_spent": 41},
+            {"account": "ex_a", "portfolio_id": "pf-a", "connection_id": "binance", "status": "existing"},
+            {"account": "ex_b", "portfolio_id": "pf-b", "connection_id": "kraken", "status": "connected"},
+        ],
+        created_by="my_dag",
+    )  # fmt: skip
+    assert [(r["account"], r["kind"]) for r in records] == [
+        ("w_eth", "wallet"),
+        ("ex_a", "exchange"),
+        ("ex_b", "exchange"),
+    ]
+    db = sqlite3.connect(warehouse)
+    rows = db.execute(
+        "SELECT portfolio_id, kind, account_conn_id, exchange_conn_id, created_by FROM coinstats_portfolios"
+    )
+    assert sorted(rows) == [
+        ("pf-a", "exchange", "ex_a", "ex_a", None),  # existed before: not created here
+        ("pf-b", "exchange", "ex_b", "ex_b", "my_dag"),
+        ("pf-w", "wallet", "w_eth", None, "my_dag"),
+    ]
+
+    # Only ex_b is still listed: w_eth's portfolio was created here (delete), ex_a's was not (keep).
+    prune = pipeline.prune_candidates("coinstats_warehouse", "my_dag", {"ex_b"}, {"pf-b"})
+    assert prune == [{"portfolio_id": "pf-w", "account": "w_eth"}]
+    assert pipeline.prune_candidates("coinstats_warehouse", "other_dag", {"ex_b"}, {"pf-b"}) == []
+    assert pipeline.pruning_cost(prune) == 10
+    removed = dict(db.execute("SELECT portfolio_id, removed_at FROM coinstats_portfolios").fetchall())
+    assert removed["pf-a"] and removed["pf-w"] and removed["pf-b"] is None  # noqa: PT018
+
+    recorded = pipeline.record_deletions(
+        "coinstats_warehouse", [[{"portfolio_id": "pf-w", "account": "w_eth", "deleted": True, "credits_spent": 10}]]
+    )
+    assert pipeline.prune_candidates("coinstats_warehouse", "my_dag", {"ex_b"}, {"pf-b"}) == []  # deleted once
+    summary = pipeline.with_pruned(pipeline.summarize(records[2:], [], []), recorded)
+    assert summary["pruned"] == [{"portfolio_id": "pf-w", "account": "w_eth", "deleted": True, "credits_spent": 10}]
+    assert summary["total_credits"] == 10
+    assert "pf-w                       pruned (deleted, 10 credits): w_eth" in pipeline.format_summary(summary)
+
+    # Listed again: registering clears the marks, and the portfolio is a candidate again only if removed again.
+    register_portfolios("coinstats_warehouse", [records[0]], created_by="my_dag")
+    marks = db.execute("SELECT removed_at, deleted_at FROM coinstats_portfolios WHERE portfolio_id = 'pf-w'")
+    assert marks.fetchall() == [(None, None)]
+    db.close()

@@ -9,6 +9,7 @@ Nothing is masked here (and nothing is under ``dag.test()``), so any hit is a re
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import traceback
 from collections.abc import Callable, Iterator
@@ -325,3 +326,62 @@ def test_whole_dag_run_leaks_no_canary(
     assert_no_canary(*texts, xcoms, rendered, run_rows, tables)
     # Only Airflow's in-process MaskSecret debug lines were left out, all from its supervisor module.
     assert {r.name for r in skipped} <= {"airflow.sdk.execution_time.supervisor"}
+
+
+# -- wallet addresses: not secret, but personal ------------------------------------------------------
+
+
+def _info_texts(logs: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> list[Any]:
+    """Every log record at INFO or above, and everything printed (task logs show INFO and above)."""
+    out, err = capfd.readouterr()
+    texts: list[Any] = [out, err]
+    for record in logs.records:
+        if record.levelno >= logging.INFO:
+            texts += [record.getMessage(), record.exc_text]
+    return texts
+
+
+@pytest.mark.parametrize("answer", ["connected", "rejected"])
+def test_wallet_address_never_whole_at_info(
+    answer: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    logs: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The policy: a wallet address is shown as ``0x12…cdef`` at INFO and above, in XComs and in errors.
+
+    The connect succeeds against the sandbox, or CoinStats answers 400 echoing the address back.
+    """
+    from coinstats_provider.operators.connect import ConnectWalletPortfolioOperator
+    from tests.unit.test_bad_input_matrix import WALLET_ADDRESS
+
+    env = Env(monkeypatch, tmp_path)
+    set_connection(
+        monkeypatch,
+        "wallet_eth",
+        conn_type="coinstats_wallet",
+        login=WALLET_ADDRESS,
+        extra={"connection_id": "ethereum"},
+    )
+    op = ConnectWalletPortfolioOperator(task_id="connect_wallet", wallet_conn_id="wallet_eth")
+    error: BaseException | None = None
+    if answer == "connected":
+        outcome = sandboxed(env, lambda _pid: execute(env, op))
+        error = outcome.error
+        assert error is None
+    else:
+
+        def register(mock: responses.RequestsMock) -> None:
+            mock.get(f"{BASE_URL}/wallet/blockchains", json=[{"connectionId": "ethereum", "name": "Ethereum"}])
+            body = {"statusCode": 400, "message": f"Invalid address {WALLET_ADDRESS} for ethereum"}
+            mock.post(f"{BASE_URL}/portfolio/wallet", status=400, json=body)
+
+        outcome = mocked(env, register, lambda: execute(env, op))
+        error = outcome.error
+        assert error is not None
+    texts = [*_info_texts(logs, capfd), *exception_texts(error), *outcome.observed]
+    assert [t for t in texts if WALLET_ADDRESS in repr(t)] == []
+    shown = f"{WALLET_ADDRESS[:4]}…{WALLET_ADDRESS[-4:]}"
+    if answer == "connected":
+        assert any(shown in str(t) for t in texts), "the shortened address names the wallet in the task log"

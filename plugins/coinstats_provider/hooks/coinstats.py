@@ -6,6 +6,7 @@ from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from coinstats_provider.credits import credit_cost
 from coinstats_provider.exceptions import (
     CoinStatsConfigError,
     CoinStatsError,
@@ -17,11 +18,18 @@ from coinstats_provider.hooks.coinstats_base import CoinStatsBaseHook
 from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
 from coinstats_provider.hooks.errors import redact
 from coinstats_provider.hooks.paging import DEFAULT_MAX_PAGES, PagedRoute, iter_pages
-from coinstats_provider.models import ConnectResult, ConnectStatus, CreditUsage, SupportedExchange, SyncStatus
+from coinstats_provider.models import (
+    ConnectResult,
+    ConnectStatus,
+    CreditUsage,
+    SupportedBlockchain,
+    SupportedExchange,
+    SyncStatus,
+)
 
 
 class CoinStatsHook(CoinStatsBaseHook):
-    """Client for the CoinStats OpenAPI: exchange connect, credit usage, portfolio sync and reads.
+    """Client for the CoinStats OpenAPI: exchange and wallet connect, delete, credit usage, sync and reads.
 
     Retries, redirects, credit accounting and the "paid write never re-sent" policy live in
     :class:`~coinstats_provider.hooks.coinstats_base.CoinStatsBaseHook`.
@@ -69,36 +77,60 @@ class CoinStatsHook(CoinStatsBaseHook):
         # "existing" with the same portfolioId, so retrying after a timeout or 5xx is safe and cannot
         # create a second portfolio. A 2xx whose body is cut off is not re-sent (it was paid): it raises
         # CoinStatsTruncatedAnswerError, and the next try reconnects on purpose (the only way to learn the id).
+        return self._connect("/portfolio/exchange", body, connection_id, tuple(connection_fields.values()))
+
+    def _connect(
+        self, path: str, body: Mapping[str, Any], connection_id: str, secrets: tuple[str, ...]
+    ) -> ConnectResult:
+        """Send one connect (``POST /portfolio/exchange`` or ``/portfolio/wallet``) and validate its answer.
+
+        A 2xx whose body is cut off is never re-sent by the hook (it was paid); it raises a retryable
+        :class:`CoinStatsTruncatedAnswerError`, so the task's next try reconnects on purpose: the only way to
+        learn the portfolioId, and CoinStats answers ``existing`` the second time.
+
+        :param path: The connect route.
+        :param body: The JSON body.
+        :param connection_id: The CoinStats exchange or blockchain id sent.
+        :param secrets: Values in the body (besides the API key) to redact from every message.
+        """
         try:
-            data = self.request(
-                "POST", "/portfolio/exchange", json_body=body, secrets=tuple(connection_fields.values())
-            )
+            data = self.request("POST", path, json_body=body, secrets=secrets)
         except CoinStatsTruncatedAnswerError as err:
             raise CoinStatsTruncatedAnswerError(
-                f"CoinStats accepted the connect (POST /portfolio/exchange answered {err.status}) but its answer "
+                f"CoinStats accepted the connect (POST {path} answered {err.status}) but its answer "
                 f"was cut off or unreadable ({err.problem}), so the portfolioId is unknown. The portfolio exists "
                 "on CoinStats; the hook does not send a paid write twice. The task's next try (or a rerun) "
-                "reconnects for 10 credits and CoinStats answers 'existing' with the same portfolioId.",
+                f"reconnects for {credit_cost('POST', path)} credits and CoinStats answers 'existing' with the "
+                "same portfolioId.",
                 cause=err.cause,
                 retryable=True,
                 status=err.status,
                 problem=err.problem,
             ) from None
-        secrets = (self.settings.api_key, *connection_fields.values())
+        return self._connect_result(path, data, connection_id, secrets)
+
+    def _connect_result(self, path: str, data: Any, connection_id: str, secrets: tuple[str, ...]) -> ConnectResult:
+        """Validate a ``ConnectPortfolioResponseDto`` (the answer of both connects).
+
+        :param path: ``/portfolio/exchange`` or ``/portfolio/wallet``, for messages.
+        :param data: Decoded JSON body.
+        :param connection_id: The CoinStats exchange or blockchain id that was sent.
+        :param secrets: Values (besides the API key) to redact from messages.
+        """
+        secrets = (self.settings.api_key, *secrets)
         if not isinstance(data, dict):
-            raise CoinStatsResponseError("CoinStats POST /portfolio/exchange answered with a non-object body.")
+            raise CoinStatsResponseError(f"CoinStats POST {path} answered with a non-object body.")
         portfolio_id = data.get("portfolioId")
         if not isinstance(portfolio_id, str) or not portfolio_id.strip():
             raise CoinStatsResponseError(
-                "CoinStats POST /portfolio/exchange answered without a portfolioId; nothing can be synced. "
+                f"CoinStats POST {path} answered without a portfolioId; nothing can be synced. "
                 "Retry later or contact CoinStats support."
             )
         raw_status = data.get("status")
         if raw_status not in {s.value for s in ConnectStatus}:
             shown = redact(str(raw_status), secrets)[:40]
             raise CoinStatsResponseError(
-                f"CoinStats POST /portfolio/exchange answered an unknown status '{shown}' "
-                "(expected 'connected' or 'existing')."
+                f"CoinStats POST {path} answered an unknown status '{shown}' (expected 'connected' or 'existing')."
             )
         status = ConnectStatus(raw_status)
         answered_id = data.get("connectionId")
@@ -110,6 +142,51 @@ class CoinStatsHook(CoinStatsBaseHook):
                 connection_id,
             )
         return ConnectResult(portfolio_id=portfolio_id, connection_id=connection_id, status=status)
+
+    # -- wallet connection -----------------------------------------------------------------------
+
+    def get_supported_blockchains(self) -> list[SupportedBlockchain]:
+        """Return ``GET /wallet/blockchains`` (1 credit), cached like :meth:`get_supported_exchanges`.
+
+        Same cache policy and connection extra ``support_cache_ttl``; the disk copy is a separate file.
+        """
+        settings = self.settings
+        return support_cache.supported_blockchains(
+            settings.base_url, settings.support_cache_ttl, lambda: self.request("GET", "/wallet/blockchains")
+        )
+
+    def connect_wallet_portfolio(self, connection_id: str, address: str, name: str | None = None) -> ConnectResult:
+        """Connect a wallet address as a CoinStats portfolio (``POST /portfolio/wallet``, 40 credits).
+
+        Idempotent like the exchange connect: the same address and blockchain answer ``existing`` with the
+        same portfolioId (INFERRED, CONTRACT §4.1), so a retry after a timeout or 5xx is safe. The address
+        is personal: it is redacted from every error message (``***``).
+
+        :param connection_id: CoinStats blockchain id from ``GET /wallet/blockchains``, e.g. ``ethereum``.
+        :param address: The wallet address.
+        :param name: Optional portfolio display name.
+        """
+        if not address.strip():
+            raise CoinStatsConfigError("connect_wallet_portfolio needs a wallet address; nothing was connected.")
+        body: dict[str, Any] = {"address": address, "connectionId": connection_id}
+        if name:
+            body["name"] = name
+        return self._connect("/portfolio/wallet", body, connection_id, (address,))
+
+    # -- off-boarding ----------------------------------------------------------------------------
+
+    def delete_portfolio(self, portfolio_id: str) -> None:
+        """Delete an API-created portfolio (``DELETE /portfolio/{portfolioId}``, 10 credits).
+
+        A 2xx answer proves the deletion, whatever its body (none is documented); it is never re-sent.
+
+        :param portfolio_id: The portfolio to delete.
+        """
+        from urllib.parse import quote
+
+        if not portfolio_id or not portfolio_id.strip():
+            raise CoinStatsConfigError("delete_portfolio needs a portfolio_id; nothing was deleted.")
+        self.request("DELETE", f"/portfolio/{quote(portfolio_id, safe='')}", need_body=False)
 
     # -- usage and connection test ---------------------------------------------------------------
 

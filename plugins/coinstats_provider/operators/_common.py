@@ -39,8 +39,13 @@ __all__ = [
 CREDITS_STATE_KEY = "coinstats_credits_spent"
 #: XCom key of the credits a task instance spent over all its tries.
 CREDITS_XCOM_KEY = "credits_spent"
-#: Shows the portfolio id instead of 0, 1, 2 for tasks of a mapped task group.
-PORTFOLIO_MAP_INDEX_TEMPLATE = "{{ task.portfolio_id }}"
+#: Names the tasks of a mapped task group by their account instead of 0, 1, 2: the account's connection id
+#: with the short portfolio id beside it (``coinstats_exchange_binance (3f2a9c1b)``), so a person finds "my
+#: Binance account" in the grid; the whole portfolio id for a task given no ``account``.
+PORTFOLIO_MAP_INDEX_TEMPLATE = (
+    "{{ task.account ~ ' (' ~ task.portfolio_id[:8] ~ ')' if task.account is defined and task.account "
+    "else task.portfolio_id }}"
+)
 
 
 class _Log(Protocol):

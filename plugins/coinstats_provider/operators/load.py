@@ -158,6 +158,7 @@ class LoadPortfolioOperator(BaseOperator):
     :param transactions_mode: ``full`` (the whole list, reconciled, every run) or ``incremental``.
     :param transactions_overlap_hours: How far before the newest loaded transaction an incremental read starts.
     :param full_every_days: Longest time between two full reconciles in incremental mode.
+    :param account: The account (connection id) the portfolio belongs to; labels the task in the grid.
     """
 
     template_fields: Sequence[str] = (
@@ -169,6 +170,7 @@ class LoadPortfolioOperator(BaseOperator):
         "currency",
         "credit_budget",
         *_transactions.TEMPLATE_FIELDS,
+        "account",
     )
     ui_color = "#b5e3b0"
 
@@ -188,10 +190,12 @@ class LoadPortfolioOperator(BaseOperator):
         transactions_mode: str = _transactions.DEFAULT_MODE,
         transactions_overlap_hours: float | str = _transactions.DEFAULT_OVERLAP_HOURS,
         full_every_days: float | str = _transactions.DEFAULT_FULL_EVERY_DAYS,
+        account: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
         self.portfolio_id = portfolio_id
+        self.account = account
         self.dataset = dataset
         self.datasets = datasets
         self.coinstats_conn_id = coinstats_conn_id

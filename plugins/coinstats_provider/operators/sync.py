@@ -97,6 +97,7 @@ class SyncPortfolioOperator(BaseOperator):
     :param deferrable: Wait in the triggerer or on the worker; by default ``[operators] default_deferrable``
         (like Airflow's own providers), so deployments without a triggerer are not left waiting.
     :param hook_params: JSON-serialisable keyword arguments for :class:`CoinStatsHook`.
+    :param account: The account (connection id) the portfolio belongs to; labels the task in the grid.
     """
 
     template_fields: Sequence[str] = (
@@ -106,6 +107,7 @@ class SyncPortfolioOperator(BaseOperator):
         "poll_interval",
         "credit_budget",
         "deferrable",
+        "account",
     )
     ui_color = "#9ad1f5"
 
@@ -119,10 +121,12 @@ class SyncPortfolioOperator(BaseOperator):
         credit_budget: int | str | None = None,
         deferrable: bool | str | None = None,
         hook_params: dict[str, Any] | None = None,
+        account: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
         self.portfolio_id = portfolio_id
+        self.account = account
         self.coinstats_conn_id = coinstats_conn_id
         self.sync_timeout = sync_timeout
         self.poll_interval = poll_interval

@@ -3,8 +3,11 @@
 :func:`create_and_migrate` creates every table of :data:`~coinstats_provider.warehouse.schema.TABLES`
 that does not exist and converts tables created by earlier versions with floating-point money columns
 (``DOUBLE PRECISION``) to exact decimals, keeping every row: PostgreSQL ``ALTER COLUMN ... TYPE
-NUMERIC``, SQLite a table rebuild (each float becomes its shortest exact decimal text). It runs on a
-cursor inside the caller's transaction, so a failed migration changes nothing.
+NUMERIC``, SQLite a table rebuild (each float becomes its shortest exact decimal text). Columns added to a
+table after its first release are added in place (``ALTER TABLE ... ADD COLUMN``) and, for
+``coinstats_portfolios``, filled for the rows earlier versions wrote (``kind`` = ``exchange``,
+``account_conn_id`` = ``exchange_conn_id``: only exchange accounts existed then). It runs on a cursor inside
+the caller's transaction, so a failed migration changes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from coinstats_provider.warehouse.schema import TABLES, Dialect, TableSpec
+from coinstats_provider.warehouse.schema import PORTFOLIOS_TABLE, TABLES, Dialect, TableSpec
 from coinstats_provider.warehouse.values import decimal_text, exact_number
 
 __all__ = ["create_and_migrate"]
@@ -35,12 +38,56 @@ def create_and_migrate(cur: Any, dialect: Dialect, batch_size: int) -> None:
     for table in TABLES.values():
         cur.execute(table.ddl(dialect))
     for table in TABLES.values():
+        added = _add_missing_columns(cur, table, dialect)
+        if table.name == PORTFOLIOS_TABLE and added:
+            _fill_portfolio_columns(cur)
+    for table in TABLES.values():
         if not table.decimal_columns:
             continue
         if dialect == "sqlite":
             _migrate_sqlite(cur, table, batch_size)
         else:
             _migrate_postgres(cur, table)
+
+
+def _existing_columns(cur: Any, table: TableSpec, dialect: Dialect) -> set[str]:
+    if dialect == "sqlite":
+        cur.execute(f"PRAGMA table_info({table.name})")
+        return {str(row[1]) for row in cur.fetchall()}
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
+        (table.name,),
+    )
+    return {str(row[0]) for row in cur.fetchall()}
+
+
+def _add_missing_columns(cur: Any, table: TableSpec, dialect: Dialect) -> list[str]:
+    """Add the columns of ``table`` that an earlier version's table lacks (never a primary-key column).
+
+    :param cur: A cursor inside the migration's transaction.
+    :param table: The table's current layout.
+    :param dialect: ``sqlite`` or ``postgres``.
+    :return: The columns added.
+    """
+    existing = _existing_columns(cur, table, dialect)
+    missing = [(name, kind) for name, kind in table.columns if name not in existing]
+    for name, kind in missing:
+        cur.execute(f"ALTER TABLE {table.name} ADD COLUMN {name} {table.sql_type(kind, dialect)}")
+    if missing:
+        log.info("Added columns %s to %s", ", ".join(name for name, _ in missing), table.name)
+    return [name for name, _ in missing]
+
+
+def _fill_portfolio_columns(cur: Any) -> None:
+    """Fill the new ``coinstats_portfolios`` columns of rows written when only exchanges existed.
+
+    ``created_by`` stays NULL: an old row cannot tell whether this DAG created its portfolio, so pruning
+    never deletes it (see :func:`coinstats_provider.pipeline.prune_candidates`).
+    """
+    cur.execute(f"UPDATE {PORTFOLIOS_TABLE} SET kind = 'exchange' WHERE kind IS NULL")  # noqa: S608
+    cur.execute(
+        f"UPDATE {PORTFOLIOS_TABLE} SET account_conn_id = exchange_conn_id WHERE account_conn_id IS NULL"  # noqa: S608
+    )
 
 
 def _legacy_decimal(value: Any) -> str | None:

@@ -7,7 +7,9 @@ notation; ``DATE``: PostgreSQL ``DATE``, SQLite ISO text; primary-key columns in
 Table                                         Columns
 ============================================  ==================================================================
 ``coinstats_portfolios``                      **portfolio_id** TEXT, connection_id TEXT, exchange_conn_id TEXT,
-                                              portfolio_name TEXT, last_connect_status TEXT, updated_at TEXT
+                                              portfolio_name TEXT, last_connect_status TEXT, updated_at TEXT,
+                                              kind TEXT (exchange/wallet), account_conn_id TEXT,
+                                              created_by TEXT, removed_at TEXT, deleted_at TEXT
 ``coinstats_portfolio_values``                **portfolio_id** TEXT, **snapshot_date** DATE, currency TEXT,
                                               total_value, defi_value, total_cost, unrealized_profit_loss,
                                               unrealized_profit_loss_percent, realized_profit_loss,
@@ -34,9 +36,17 @@ The sync-state table holds one row per portfolio: the mode of the last transacti
 when the last full reconcile and the last load ran; it is written in the same database transaction as the
 transactions it describes.
 
-Timestamps (``loaded_at``, ``updated_at``, ``removed_at``, ``last_full_at``, ``last_run_at``) are UTC
-ISO 8601 text. Every table starts with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced
-per ``(portfolio_id, snapshot_date)``; each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
+Timestamps (``loaded_at``, ``updated_at``, ``removed_at``, ``deleted_at``, ``last_full_at``, ``last_run_at``)
+are UTC ISO 8601 text.
+
+``coinstats_portfolios`` has one row per portfolio the DAG registered: ``account_conn_id`` is the Airflow
+connection of its account (``exchange_conn_id`` too for an exchange, NULL for a wallet), ``kind`` what it
+tracks, ``created_by`` the DAG whose connect created it (answered ``connected``; NULL when CoinStats
+answered ``existing``, i.e. it existed before), ``removed_at`` when its account left the accounts list and
+``deleted_at`` when pruning deleted it on CoinStats (both NULL again once the account is listed again).
+
+Every table starts with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per
+``(portfolio_id, snapshot_date)``; each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
 
 This module imports nothing from Airflow: DAG files read :data:`DATASETS` and :data:`DATASET_TABLES` at
 parse time.
@@ -153,6 +163,12 @@ TABLES: Mapping[str, TableSpec] = {
                 ("portfolio_name", _TEXT),
                 ("last_connect_status", _TEXT),
                 ("updated_at", _TEXT),
+                # Added after the first release: migrations add them in place (NULL for old rows).
+                ("kind", _TEXT),
+                ("account_conn_id", _TEXT),
+                ("created_by", _TEXT),
+                ("removed_at", _TEXT),
+                ("deleted_at", _TEXT),
             ),
             ("portfolio_id",),
         ),

@@ -238,7 +238,7 @@ def test_upsert_portfolio_updates_only_given_columns(wh: CoinStatsWarehouse) -> 
         }
     )
     wh.upsert_portfolio({"portfolio_id": PORTFOLIO, "last_connect_status": "synced", "updated_at": "2025-01-01"})
-    assert wh.fetch_table(PORTFOLIOS) == [(PORTFOLIO, "c1", "kucoin", "A", "synced", "2025-01-01")]
+    assert wh.fetch_table(PORTFOLIOS) == [(PORTFOLIO, "c1", "kucoin", "A", "synced", "2025-01-01", *[None] * 5)]
     with pytest.raises(ValueError, match="portfolio_id"):
         wh.upsert_portfolio({"portfolio_name": "B"})
 
