@@ -12,7 +12,7 @@ import pytest
 import requests
 import responses
 
-from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, DEFAULT_DATASETS
 from tests.conftest import BASE_URL, CANARIES, ROOT, SUPPORT, assert_no_canary
 
 DAGS = ROOT / "dags"
@@ -112,11 +112,17 @@ def test_main_dag_shape_pool_and_assets() -> None:
     assert set(dag.params) == {
         "exchange_conn_ids",
         "datasets",
+        "chart_type",
         "sync_timeout_minutes",
         "sync_poll_seconds",
         "credit_budget",
         "deferrable",
     }
+    # The opt-in datasets are in the enum, not in the default selection.
+    assert dag.params["datasets"] == list(DEFAULT_DATASETS)
+    assert dag.params.get_param("datasets").schema["items"]["enum"] == list(DATASETS)
+    assert dag.params["chart_type"] == "1m"
+    assert dag.params.get_param("chart_type").schema["enum"] == ["24h", "1w", "1m", "3m", "6m", "1y", "all"]
     calling = ["connect_exchange_portfolio", "portfolio.sync", *(f"portfolio.load_{d}" for d in DATASETS)]
     for task_id in calling:
         assert dag.get_task(task_id).pool == "coinstats_api", task_id

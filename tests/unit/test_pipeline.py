@@ -344,13 +344,16 @@ def test_portfolio_work_dedupes_portfolios_in_order() -> None:
     ]
 
     assert portfolio_work(records, 63, 120) == [
-        {"portfolio_id": "pf-2", "sync_budget": 63, "load_budget": 120},
-        {"portfolio_id": "pf-1", "sync_budget": 63, "load_budget": 120},
+        {"portfolio_id": "pf-2", "sync_budget": 63, "load_budget": 120, "kind": "exchange"},
+        {"portfolio_id": "pf-1", "sync_budget": 63, "load_budget": 120, "kind": "exchange"},
     ]
     assert portfolio_work([], None, None) == []
     assert portfolio_work(records[:1], None, None) == [
-        {"portfolio_id": "pf-2", "sync_budget": None, "load_budget": None}
+        {"portfolio_id": "pf-2", "sync_budget": None, "load_budget": None, "kind": "exchange"}
     ]
+    # The kind a connect recorded reaches the group (the defi load only calls CoinStats for wallets).
+    wallet = [{"portfolio_id": "pf-w", "exchange_conn_id": "wallet_eth", "kind": "wallet"}]
+    assert portfolio_work(wallet, 63, {"defi": 400})[0]["kind"] == "wallet"
 
 
 # -- summarize and format_summary ------------------------------------------------------------------

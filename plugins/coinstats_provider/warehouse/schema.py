@@ -24,11 +24,32 @@ Table                                         Columns
                                               loaded_at TEXT
 ``coinstats_portfolio_transactions_removed``  **portfolio_id** TEXT, **transaction_key** TEXT, **removed_at** TEXT,
                                               payload_json TEXT
+``coinstats_portfolio_chart``                 **portfolio_id** TEXT, **chart_type** TEXT, **ts** TIMESTAMP,
+                                              value_usd, value_btc, value_eth (all DECIMAL), loaded_at TEXT
+``coinstats_portfolio_defi``                  **portfolio_id** TEXT, **snapshot_date** DATE, **protocol_index**,
+                                              **investment_index**, **asset_index** (INTEGER: positions in the
+                                              answer), protocol_id TEXT, protocol_name TEXT, chain TEXT,
+                                              blockchain_name TEXT, wallet_address TEXT, investment_id TEXT,
+                                              investment_name TEXT, pool_address TEXT, health_rate DECIMAL,
+                                              asset_address TEXT, asset_title TEXT, coin_id TEXT, symbol TEXT,
+                                              amount, price_usd, value_usd, investment_value_usd (all DECIMAL),
+                                              loaded_at TEXT
+``coinstats_portfolio_snapshots``             **portfolio_id** TEXT, **snapshot_at** TIMESTAMP, total_balance,
+                                              total_balance_change, total_balance_percent_change (all DECIMAL),
+                                              coin_count INTEGER, coin_balances_json TEXT, loaded_at TEXT
 ============================================  ==================================================================
 
-Timestamps (``loaded_at``, ``updated_at``, ``removed_at``) are UTC ISO 8601 text. Every table starts with
-``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per ``(portfolio_id, snapshot_date)``;
-each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
+``TIMESTAMP`` is PostgreSQL ``TIMESTAMPTZ`` and, on SQLite, UTC ISO 8601 text (``2026-02-27T12:00:00+00:00``).
+Other timestamps (``loaded_at``, ``updated_at``, ``removed_at``) are UTC ISO 8601 text. Every table starts
+with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per ``(portfolio_id, snapshot_date)``;
+histories (:data:`UPSERT_TABLES`) are upserted by primary key (a rerun rewrites its points, keeps the
+others); each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
+
+A snapshot's coin balances are one JSON column (``coin_balances_json``, canonical JSON with exact numbers),
+not a child table: CoinStats gives the balances no id (only ``symbol``, which two coins may share), they
+are only ever read together with their snapshot, and one row per snapshot keeps the upsert atomic and the
+table one Asset. Query them with ``json_each(coin_balances_json)`` on SQLite or
+``jsonb_array_elements(coin_balances_json::jsonb)`` on PostgreSQL.
 
 This module imports nothing from Airflow: DAG files read :data:`DATASETS` and :data:`DATASET_TABLES` at
 parse time.
@@ -41,15 +62,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "CHART_TABLE",
     "COINS_TABLE",
     "DATASETS",
     "DATASET_TABLES",
     "DECIMAL",
+    "DEFAULT_DATASETS",
+    "DEFI_TABLE",
     "PORTFOLIOS_TABLE",
     "REMOVED_TABLE",
+    "SNAPSHOTS_TABLE",
     "SNAPSHOT_TABLES",
     "TABLES",
+    "TIMESTAMP",
     "TRANSACTIONS_TABLE",
+    "UPSERT_TABLES",
     "VALUES_TABLE",
     "WAREHOUSE_CONN_NAME",
     "Dialect",
@@ -62,9 +89,11 @@ Dialect = Literal["sqlite", "postgres"]
 _TEXT = "TEXT"
 #: Exact decimal: ``NUMERIC`` on PostgreSQL, exact decimal text on SQLite.
 DECIMAL = "DECIMAL"
+#: A moment in UTC: ``TIMESTAMPTZ`` on PostgreSQL, UTC ISO 8601 text on SQLite.
+TIMESTAMP = "TIMESTAMP"
 _SQL_TYPES: Mapping[Dialect, Mapping[str, str]] = {
-    "sqlite": {DECIMAL: "TEXT"},
-    "postgres": {DECIMAL: "NUMERIC"},
+    "sqlite": {DECIMAL: "TEXT", TIMESTAMP: "TEXT"},
+    "postgres": {DECIMAL: "NUMERIC", TIMESTAMP: "TIMESTAMPTZ"},
 }
 
 PORTFOLIOS_TABLE = "coinstats_portfolios"
@@ -73,6 +102,9 @@ COINS_TABLE = "coinstats_portfolio_coins"
 TRANSACTIONS_TABLE = "coinstats_portfolio_transactions"
 #: Transactions that vanished from CoinStats, with their payload.
 REMOVED_TABLE = "coinstats_portfolio_transactions_removed"
+CHART_TABLE = "coinstats_portfolio_chart"
+DEFI_TABLE = "coinstats_portfolio_defi"
+SNAPSHOTS_TABLE = "coinstats_portfolio_snapshots"
 
 
 @dataclass(frozen=True)
@@ -209,20 +241,77 @@ TABLES: Mapping[str, TableSpec] = {
             ),
             ("portfolio_id", "transaction_key", "removed_at"),
         ),
+        TableSpec(
+            CHART_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("chart_type", _TEXT),
+                ("ts", TIMESTAMP),
+                *_money("value_usd", "value_btc", "value_eth"),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "chart_type", "ts"),
+        ),
+        TableSpec(
+            DEFI_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("snapshot_date", "DATE"),
+                ("protocol_index", "INTEGER"),
+                ("investment_index", "INTEGER"),
+                ("asset_index", "INTEGER"),
+                ("protocol_id", _TEXT),
+                ("protocol_name", _TEXT),
+                ("chain", _TEXT),
+                ("blockchain_name", _TEXT),
+                ("wallet_address", _TEXT),
+                ("investment_id", _TEXT),
+                ("investment_name", _TEXT),
+                ("pool_address", _TEXT),
+                ("health_rate", DECIMAL),
+                ("asset_address", _TEXT),
+                ("asset_title", _TEXT),
+                ("coin_id", _TEXT),
+                ("symbol", _TEXT),
+                *_money("amount", "price_usd", "value_usd", "investment_value_usd"),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "snapshot_date", "protocol_index", "investment_index", "asset_index"),
+        ),
+        TableSpec(
+            SNAPSHOTS_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("snapshot_at", TIMESTAMP),
+                *_money("total_balance", "total_balance_change", "total_balance_percent_change"),
+                ("coin_count", "INTEGER"),
+                ("coin_balances_json", _TEXT),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "snapshot_at"),
+        ),
     )
 }
 
 #: Tables replaced per ``(portfolio_id, snapshot_date)``.
-SNAPSHOT_TABLES: frozenset[str] = frozenset({VALUES_TABLE, COINS_TABLE})
+SNAPSHOT_TABLES: frozenset[str] = frozenset({VALUES_TABLE, COINS_TABLE, DEFI_TABLE})
+#: Histories upserted by primary key: a rerun rewrites the points it fetched and keeps the others.
+UPSERT_TABLES: frozenset[str] = frozenset({CHART_TABLE, SNAPSHOTS_TABLE})
 
 #: Dataset (what a load task extracts) -> the table it loads, in load order.
 DATASET_TABLES: Mapping[str, str] = {
     "value": VALUES_TABLE,
     "coins": COINS_TABLE,
     "transactions": TRANSACTIONS_TABLE,
+    "chart": CHART_TABLE,
+    "defi": DEFI_TABLE,
+    "snapshot": SNAPSHOTS_TABLE,
 }
 #: The datasets, in load order.
 DATASETS: tuple[str, ...] = tuple(DATASET_TABLES)
+#: The datasets a run loads unless it selects others; ``chart``, ``defi`` and ``snapshot`` are opt-in
+#: (``defi`` costs 400 and ``snapshot`` 500 credits per portfolio and run).
+DEFAULT_DATASETS: tuple[str, ...] = ("value", "coins", "transactions")
 
 #: The warehouse connection the loader and the DAGs use by default (SQLite or PostgreSQL).
 WAREHOUSE_CONN_NAME = "coinstats_warehouse"
