@@ -343,6 +343,8 @@ def test_template_fields() -> None:
         "warehouse_conn_id",
         "currency",
         "credit_budget",
+        "chart_type",
+        "portfolio_kind",
     )
 
 
