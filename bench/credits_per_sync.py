@@ -125,7 +125,8 @@ def run_sync(portfolio_id: str, poll_interval: float | None, trace: list[tuple[f
 def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[tuple[float, str]]) -> dict[str, Any]:
     """One daily sync of one portfolio; returns credits per step from all three sources."""
     from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
-    from coinstats_provider.operators.load import DATASETS, LoadPortfolioOperator
+    from coinstats_provider.operators.load import LoadPortfolioOperator
+    from coinstats_provider.warehouse.schema import DEFAULT_DATASETS
 
     steps: list[dict[str, Any]] = []
     stats = sandbox_stats(base_url)
@@ -167,7 +168,7 @@ def run_day(base_url: str, poll_interval: float, transactions: int, trace: list[
     stats = after
 
     rows: dict[str, int] = {}
-    for dataset in DATASETS:
+    for dataset in DEFAULT_DATASETS:  # a default daily run; the opt-in datasets' costs are fixed per call
         load = LoadPortfolioOperator(task_id=f"load_{dataset}", portfolio_id=portfolio_id, dataset=dataset)
         context = task_context()
         result = load.execute(context)  # type: ignore[arg-type]

@@ -874,7 +874,10 @@ CASES: tuple[Case, ...] = (
         "param-datasets-value",
         "Param datasets=['balances']",
         _params({"datasets": ["balances"]}),
-        ("Invalid input for param datasets", "'balances' is not one of ['value', 'coins', 'transactions']"),
+        (
+            "Invalid input for param datasets",
+            "'balances' is not one of ['value', 'coins', 'transactions', 'chart', 'defi', 'snapshot']",
+        ),
         credits=0,
         requests=0,
         failed_requests=0,
