@@ -33,8 +33,8 @@ test-fast: setup ## Unit tests only (no real Airflow runs, no PostgreSQL).
 	@rc=0; $(BIN)/pytest -m "not slow" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
-demo: setup ## Run coinstats_portfolio_sync twice against the local sandbox and SQLite.
-	$(BIN)/python -m include.demo
+demo: setup ## Run coinstats_portfolio_sync twice against the local sandbox and SQLite (DATASETS=chart,snapshot or all adds opt-in datasets).
+	$(BIN)/python -m include.demo $(if $(DATASETS),--datasets $(DATASETS))
 
 sandbox: setup ## Start the local CoinStats sandbox on http://127.0.0.1:8765 (Ctrl-C stops it).
 	$(BIN)/python -m include.coinstats_sandbox --port 8765

@@ -150,7 +150,8 @@ def run_day(
     :param transactions_mode: The transactions load's mode.
     """
     from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator
-    from coinstats_provider.operators.load import DATASETS, LoadPortfolioOperator
+    from coinstats_provider.operators.load import LoadPortfolioOperator
+    from coinstats_provider.warehouse.schema import DEFAULT_DATASETS
 
     steps: list[dict[str, Any]] = []
     stats = sandbox_stats(base_url)
@@ -193,7 +194,7 @@ def run_day(
 
     rows: dict[str, int] = {}
     transactions_result: dict[str, Any] = {}
-    for dataset in DATASETS:
+    for dataset in DEFAULT_DATASETS:  # a default daily run; the opt-in datasets' costs are fixed per call
         load = LoadPortfolioOperator(
             task_id=f"load_{dataset}", portfolio_id=portfolio_id, dataset=dataset, transactions_mode=transactions_mode
         )

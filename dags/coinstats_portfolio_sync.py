@@ -2,7 +2,9 @@
 
 ``resolve_accounts`` → ``connect_exchange_portfolio`` / ``connect_wallet_portfolio`` (mapped, by connection
 type) → ``register_portfolios`` → per portfolio (mapped group, labelled by account): ``sync`` (deferrable
-wait) → ``load_value`` / ``load_coins`` / ``load_transactions`` → ``summary``. Accounts come from the
+wait) → ``load_value`` / ``load_coins`` / ``load_transactions`` (and
+the opt-in ``load_chart`` / ``load_defi`` / ``load_snapshot``, skipped unless selected) → ``summary``.
+Accounts come from the
 ``account_conn_ids`` Param (and the older ``exchange_conn_ids``) or, when both are empty, from the Variable
 ``coinstats_account_conn_ids`` (else the older ``coinstats_exchange_conn_ids``) read at run time. Accounts
 beyond ``[core] max_map_length`` go to a follow-up run of this DAG (``continue_with_remaining_accounts``).
@@ -21,12 +23,13 @@ from airflow.sdk import DAG, Asset, Param, XComArg, get_current_context, task, t
 from airflow.sdk.exceptions import AirflowSkipException
 
 from coinstats_provider import pipeline
+from coinstats_provider.models import CHART_TYPES, DEFAULT_CHART_TYPE
 from coinstats_provider.operators._common import failing_fast
 from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, ConnectWalletPortfolioOperator
 from coinstats_provider.operators.delete import DeletePortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
-from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, DEFAULT_DATASETS
 from coinstats_provider.warehouse.sync_state import (
     DEFAULT_FULL_EVERY_DAYS,
     DEFAULT_MODE,
@@ -74,13 +77,22 @@ with DAG(
             **DRAFT_07,
         ),
         "datasets": Param(
-            list(DATASETS),
+            list(DEFAULT_DATASETS),
             type="array",
             items={"type": "string", "enum": list(DATASETS)},
             minItems=1,
             uniqueItems=True,
             title="Datasets",
-            description="What to extract and load for each portfolio.",
+            description="What to extract and load for each portfolio. Credits per portfolio and run: value 10, "
+            "coins 8 a page, transactions 4 a page, chart 10, defi 400 (wallets only), snapshot 500 a page.",
+            **DRAFT_07,
+        ),
+        "chart_type": Param(
+            DEFAULT_CHART_TYPE,
+            type="string",
+            enum=list(CHART_TYPES),
+            title="Chart type",
+            description="Range of the chart dataset (GET /portfolio/chart?type=...).",
             **DRAFT_07,
         ),
         "sync_timeout_minutes": Param(
@@ -177,8 +189,10 @@ with DAG(
             batch, remaining = pipeline.split_batch(conn_ids, conf.getint("core", "max_map_length", fallback=1024))
             kinds = pipeline.split_by_kind(batch, _conn_type)
             pipeline.check_budget_covers(
-                params["credit_budget"], len(kinds["exchange"]), len(params["datasets"]), wallets=len(kinds["wallet"])
+                params["credit_budget"], len(kinds["exchange"]), params["datasets"], wallets=len(kinds["wallet"])
             )
+            plan, costly = pipeline.cost_plan(len(batch), params["datasets"], params["credit_budget"])
+        print(f"WARNING: {plan}" if costly else plan)
         if remaining:
             print(f"{len(conn_ids)} accounts: this run syncs {len(batch)}, a follow-up run the other {len(remaining)}")
         context["ti"].xcom_push(key="remaining", value=remaining)
@@ -274,11 +288,11 @@ with DAG(
                     WAREHOUSE_CONN_ID, DAG_ID, set(listed), {r["portfolio_id"] for r in records}
                 )
                 print(f"Pruning {len(prune)} portfolio(s) of accounts no longer listed")
-            sync_budget, load_budget = pipeline.plan_budgets(
+            sync_budget, load_budget = pipeline.plan_dataset_budgets(
                 params["credit_budget"],
                 sum(r["credits_spent"] for r in records) + pipeline.pruning_cost(prune),
                 len({r["portfolio_id"] for r in records}),
-                len(params["datasets"]),
+                params["datasets"],
                 params["sync_timeout_minutes"] * 60,
                 params["sync_poll_seconds"],
             )
@@ -327,7 +341,11 @@ with DAG(
 
     @task_group(group_id="portfolio")
     def sync_and_load(
-        portfolio_id: str, sync_budget: int | None, load_budget: int | None, kind: str, account: str
+        portfolio_id: str,
+        sync_budget: int | None,
+        load_budget: dict[str, int] | None,
+        kind: str,
+        account: str,
     ) -> None:
         """Sync one portfolio, then load each selected dataset; the tasks are labelled by ``account``."""
         sync = SyncPortfolioOperator(
@@ -351,6 +369,8 @@ with DAG(
                 warehouse_conn_id=WAREHOUSE_CONN_ID,
                 credit_budget=load_budget,
                 account=account,
+                chart_type="{{ params.chart_type }}",
+                portfolio_kind=kind,
                 outlets=[ASSETS[dataset]],
                 pool=POOL,
                 transactions_mode="{{ params.transactions_mode }}",
@@ -369,18 +389,13 @@ with DAG(
         return XComArg(dag.get_task(f"portfolio.{task_id}"))
 
     @task(trigger_rule="none_failed", multiple_outputs=False)
-    def summary(syncs: list[Any], values: list[Any], coins: list[Any], transactions: list[Any]) -> dict[str, Any]:
+    def summary(syncs: list[Any], loads: list[Any]) -> dict[str, Any]:
         """Per portfolio: connected/existing, rows per table, credits; and the run's credit total."""
         ti = get_current_context()["ti"]
         accounts = ti.xcom_pull(task_ids="register_portfolios", key="accounts")
-        result = pipeline.summarize(accounts, syncs, [values, coins, transactions])
+        result = pipeline.summarize(accounts, syncs, loads)
         result = pipeline.with_pruned(result, ti.xcom_pull(task_ids="record_pruned"))
         print(pipeline.format_summary(result))
         return result
 
-    recorded >> summary(
-        group_results("sync"),
-        group_results("load_value"),
-        group_results("load_coins"),
-        group_results("load_transactions"),
-    )
+    recorded >> summary(group_results("sync"), [group_results(f"load_{dataset}") for dataset in DATASETS])

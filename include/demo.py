@@ -2,11 +2,17 @@
 
 Prepares a local Airflow home in ``.airflow/demo`` (metadata DB, the connections, variable and pool from
 ``airflow_settings.yaml``), starts the sandbox on 127.0.0.1:8765, runs ``airflow dags test`` twice and
-prints what each run did. Stops everything it started.
+prints what each run did, then names the warehouse file and a query to try on it. Stops everything it
+started.
+
+``--datasets chart,snapshot`` (``make demo DATASETS=chart,snapshot``) adds opt-in datasets to the default
+``value``, ``coins``, ``transactions``; ``--datasets all`` selects every dataset. Without it the demo costs
+what it always did.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -128,8 +134,54 @@ def warehouse_state() -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def main() -> int:
-    """Run the demo."""
+def demo_conf(datasets: str | None) -> dict[str, Any]:
+    """The run conf: fast polls, plus the datasets ``--datasets`` names (added to the default ones).
+
+    :param datasets: ``all``, or dataset names separated by commas; ``None`` keeps the DAG's default.
+    """
+    conf: dict[str, Any] = {"sync_poll_seconds": 1}
+    if not datasets:
+        return conf
+    from coinstats_provider.warehouse.schema import DATASETS, DEFAULT_DATASETS
+
+    names = list(DATASETS) if datasets.strip() == "all" else [n.strip() for n in datasets.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(DATASETS))
+    if unknown:
+        raise SystemExit(f"unknown dataset {unknown[0]!r}: choose from {', '.join(DATASETS)} or all")
+    conf["datasets"] = [d for d in DATASETS if d in {*DEFAULT_DATASETS, *names}]
+    return conf
+
+
+def warehouse_file() -> Path:
+    """The SQLite file of the demo's warehouse connection (``airflow_settings.yaml``)."""
+    from include.load_settings import parse_settings
+
+    host = Path(str(parse_settings(ROOT / "airflow_settings.yaml").connections["coinstats_warehouse"]["host"]))
+    return host if host.is_absolute() else ROOT / host
+
+
+def try_query() -> str:
+    """One query worth running on the demo warehouse: each account's kind and portfolio value, largest first."""
+    from coinstats_provider.warehouse.schema import PORTFOLIOS_TABLE, VALUES_TABLE
+
+    return (
+        "SELECT p.kind, p.account_conn_id, v.snapshot_date, v.total_value "  # noqa: S608
+        f"FROM {VALUES_TABLE} AS v JOIN {PORTFOLIOS_TABLE} AS p USING (portfolio_id) "
+        "ORDER BY CAST(v.total_value AS REAL) DESC;"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo.
+
+    :param argv: Command-line arguments (``--datasets``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m include.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--datasets",
+        help="opt-in datasets to add, comma-separated (chart, defi, snapshot), or 'all'",
+    )
+    conf = demo_conf(parser.parse_args(argv).datasets)
     HOME.mkdir(parents=True, exist_ok=True)
     (ROOT / "include" / "coinstats_warehouse.db").unlink(missing_ok=True)
     shutil.rmtree(HOME / "cache", ignore_errors=True)
@@ -148,8 +200,7 @@ def main() -> int:
             before = sandbox_credits()
             step(f"run {attempt}: airflow dags test {DAG_ID}")
             started = time.monotonic()
-            conf = json.dumps({"sync_poll_seconds": 1})
-            run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", conf], HOME / f"run-{attempt}.log")
+            run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], HOME / f"run-{attempt}.log")
             summary = latest_summary()
             print(format_summary(summary))
             print(f"rows per table: {json.dumps(summary['rows'])}")
@@ -168,24 +219,10 @@ def main() -> int:
             print(f"{table} differs between the runs ({changed} rows differ)")
     counts = {t: len(rows) for t, rows in states[1].items()}
     print(f"warehouse after run 2: {counts}; identical to after run 1: {'yes' if identical else 'NO'}")
-    print_try_it()
+    database = warehouse_file()
+    print(f"warehouse file: {database}")
+    print(f'try: sqlite3 {database} "{try_query()}"')
     return 0 if identical else 1
-
-
-#: A first query on the demo's warehouse: each account's kind and latest value.
-TRY_QUERY = (
-    "SELECT p.kind, p.account_conn_id, v.snapshot_date, v.total_value FROM coinstats_portfolios p "
-    "JOIN coinstats_portfolio_values v USING (portfolio_id) ORDER BY p.kind, p.account_conn_id;"
-)
-
-
-def print_try_it() -> None:
-    """Name the warehouse file and one query to try on it."""
-    from include.load_settings import parse_settings
-
-    path = parse_settings(ROOT / "airflow_settings.yaml").connections["coinstats_warehouse"]["host"]
-    print(f"warehouse: {path}")
-    print(f'try: sqlite3 {path} "{TRY_QUERY}"')
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ Switches that make the sandbox misbehave like a real API:
   at or after it. ``ignore_from`` makes it accept ``from`` and page through the whole list anyway, like an
   API that ignores the filter.
 
+The opt-in datasets' routes (``GET /portfolio/chart`` 10 credits, ``GET /portfolio/defi`` 400,
+``GET /portfolio/snapshot/items`` 500 a page) answer deterministic data per portfolio from
+:mod:`include.coinstats_sandbox.datasets`, with the same faults and credit accounting as the others.
+
 ``GET /_sandbox/stats`` counts the redirect, shift, stall and cut events under ``switches``.
 """
 
@@ -75,12 +79,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from . import data
+from . import data, datasets
 
 DEFAULT_API_KEY = "sandbox-api-key"
 FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "reset", "slow", "truncate")
@@ -884,6 +888,37 @@ class SandboxApp:
             raise ApiError(400, "Invalid parameter: from")
         return moment
 
+    def _read_spec(self, call: _Call) -> data.PortfolioSpec:
+        """The spec of the portfolio ``portfolioId`` names (400 without it, 404 when unknown)."""
+        with self._lock:
+            portfolio = self._lookup(call)
+            assert portfolio is not None
+            return self._spec(portfolio, call.config)
+
+    def _chart(self, call: _Call) -> Any:
+        chart_type = call.query.get("type", "")
+        if chart_type not in datasets.CHART_STEPS:
+            raise ApiError(400, "Invalid parameter: type")
+        return {"result": datasets.chart_points(self._read_spec(call), chart_type)}
+
+    def _defi(self, call: _Call) -> Any:
+        return datasets.defi_positions(self._read_spec(call))
+
+    @staticmethod
+    def _day(call: _Call, name: str) -> date:
+        try:
+            return date.fromisoformat(call.query.get(name, ""))
+        except ValueError:
+            raise ApiError(400, f"Invalid parameter: {name}") from None
+
+    def _snapshots(self, call: _Call) -> Any:
+        self._lookup_required_first(call)
+        first, last = self._day(call, "from"), self._day(call, "to")
+        if first > last:
+            raise ApiError(400, "Invalid parameter: from")
+        page, limit = self._paging(call)
+        return {"result": datasets.snapshot_items(self._read_spec(call), first, last, page, limit)}
+
     def _maybe_shift(self, portfolio: _Portfolio, generated: int, page: int, config: SandboxConfig) -> None:
         """Apply the armed ``shift_*`` switch after serving ``page`` (caller holds the lock)."""
         if config.shift_after_page != page or portfolio.shift_generation == self._shift_generation:
@@ -1148,6 +1183,9 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/portfolio/value"): _Route(SandboxApp._value, _fixed(10)),
     ("GET", "/portfolio/coins"): _Route(SandboxApp._coins, _fixed(8)),
     ("GET", "/portfolio/transactions"): _Route(SandboxApp._transactions, _fixed(4)),
+    ("GET", "/portfolio/chart"): _Route(SandboxApp._chart, _fixed(10)),
+    ("GET", "/portfolio/defi"): _Route(SandboxApp._defi, _fixed(400)),
+    ("GET", "/portfolio/snapshot/items"): _Route(SandboxApp._snapshots, _fixed(500)),
     ("GET", "/usage/credits"): _Route(SandboxApp._usage, _fixed(0)),
     ("GET", "/wallet/blockchains"): _Route(SandboxApp._blockchains, _fixed(1)),
     ("POST", "/portfolio/wallet"): _Route(SandboxApp._connect_wallet, _fixed(40)),

@@ -21,6 +21,9 @@ CREDIT_COSTS: Mapping[tuple[str, str], int] = {
     ("GET", "/portfolio/value"): 10,
     ("GET", "/portfolio/coins"): 8,
     ("GET", "/portfolio/transactions"): 4,
+    ("GET", "/portfolio/chart"): 10,
+    ("GET", "/portfolio/defi"): 400,
+    ("GET", "/portfolio/snapshot/items"): 500,
     ("GET", "/usage/credits"): 0,
 }
 
@@ -52,6 +55,12 @@ VALUE_COST = CREDIT_COSTS[("GET", "/portfolio/value")]
 COINS_PAGE_COST = CREDIT_COSTS[("GET", "/portfolio/coins")]
 #: One page of ``GET /portfolio/transactions``.
 TRANSACTIONS_PAGE_COST = CREDIT_COSTS[("GET", "/portfolio/transactions")]
+#: ``GET /portfolio/chart`` (one chart type).
+CHART_COST = CREDIT_COSTS[("GET", "/portfolio/chart")]
+#: ``GET /portfolio/defi`` (wallet portfolios only).
+DEFI_COST = CREDIT_COSTS[("GET", "/portfolio/defi")]
+#: One page of ``GET /portfolio/snapshot/items``.
+SNAPSHOT_PAGE_COST = CREDIT_COSTS[("GET", "/portfolio/snapshot/items")]
 
 
 def route_key(method: str, path: str) -> tuple[str, str]:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+#: ``type`` values of ``GET /portfolio/chart`` (CONTRACT §4), shortest first.
+CHART_TYPES: tuple[str, ...] = ("24h", "1w", "1m", "3m", "6m", "1y", "all")
+#: Chart type loaded when none is chosen.
+DEFAULT_CHART_TYPE = "1m"
+#: Kinds of portfolio: connected from an exchange account or from a blockchain wallet address.
+PORTFOLIO_KINDS: tuple[str, ...] = ("exchange", "wallet")
+
 
 class ConnectStatus(StrEnum):
     """``status`` of ``POST /portfolio/exchange`` and ``POST /portfolio/wallet``; both values mean success."""

@@ -15,10 +15,13 @@ from typing import Any, TypedDict
 
 from coinstats_provider.credits import (
     BLOCKCHAINS_COST,
+    CHART_COST,
     COINS_PAGE_COST,
     CONNECT_COST,
+    DEFI_COST,
     DELETE_COST,
     POLL_COST,
+    SNAPSHOT_PAGE_COST,
     SUPPORT_COST,
     SYNC_COST,
     TRANSACTIONS_PAGE_COST,
@@ -27,7 +30,7 @@ from coinstats_provider.credits import (
 )
 from coinstats_provider.exceptions import CoinStatsConfigError
 from coinstats_provider.hooks.connection import DEFAULT_PAGE_SIZE
-from coinstats_provider.warehouse.schema import DATASET_TABLES, PORTFOLIOS_TABLE
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, DEFAULT_DATASETS, PORTFOLIOS_TABLE
 
 #: The older Variable of the accounts list (exchange connections only at first; still read).
 ACCOUNTS_VARIABLE = "coinstats_exchange_conn_ids"
@@ -39,6 +42,21 @@ _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 #: The least a portfolio can cost after connecting: sync, one poll, value, one page of coins and of
 #: transactions.
 MIN_CREDITS_PER_PORTFOLIO = SYNC_COST + POLL_COST + VALUE_COST + COINS_PAGE_COST + TRANSACTIONS_PAGE_COST
+
+
+#: The least one load of each dataset costs: its one call, or its first page (CONTRACT §4.5).
+DATASET_MIN_CREDITS: Mapping[str, int] = {
+    "value": VALUE_COST,
+    "coins": COINS_PAGE_COST,
+    "transactions": TRANSACTIONS_PAGE_COST,
+    "chart": CHART_COST,
+    "defi": DEFI_COST,
+    "snapshot": SNAPSHOT_PAGE_COST,
+}
+#: Datasets whose cost per portfolio makes a run without a credit budget worth a warning up front.
+EXPENSIVE_DATASETS: frozenset[str] = frozenset(d for d, cost in DATASET_MIN_CREDITS.items() if cost >= 100)
+#: Extra datasets for a run costing about ``EXPENSIVE_WARNING_CREDITS`` or more get a warning without a budget.
+EXPENSIVE_WARNING_CREDITS = 1000
 
 
 class AccountRecord(TypedDict):
@@ -67,11 +85,15 @@ class AccountRecord(TypedDict):
 _ACCOUNT_KEYS = ("exchange_conn_id", "portfolio_id", "connection_id", "status")
 
 
-def min_credits_per_portfolio(datasets: int) -> int:
-    """The least one portfolio needs after connecting, given that its loads share their budget equally.
+def min_credits_per_portfolio(datasets: int | Collection[str]) -> int:
+    """The least one portfolio needs after connecting.
 
-    :param datasets: Number of selected datasets.
+    :param datasets: The selected dataset names (each load needs its own least cost, see
+        :data:`DATASET_MIN_CREDITS`), or, as before, only their number (the loads then share their budget
+        equally, so each must afford the dearest of the default datasets).
     """
+    if not isinstance(datasets, int):
+        return SYNC_COST + POLL_COST + sum(DATASET_MIN_CREDITS[d] for d in _dataset_names(datasets))
     if not datasets:
         return SYNC_COST + POLL_COST
     # The value call is the dearest single call a load task must be able to afford.
@@ -200,12 +222,14 @@ def _as_list(value: Any, source: str) -> list[Any]:
     return value
 
 
-def check_budget_covers(run_budget: int | None, accounts: int, datasets: int, *, wallets: int = 0) -> None:
+def check_budget_covers(
+    run_budget: int | None, accounts: int, datasets: int | Collection[str], *, wallets: int = 0
+) -> None:
     """Fail before anything is spent when a run's budget cannot cover even the cheapest run.
 
     :param run_budget: The run's cap, or ``None``.
     :param accounts: Number of exchange accounts.
-    :param datasets: Number of selected datasets.
+    :param datasets: The selected dataset names, or their number (see :func:`min_credits_per_portfolio`).
     :param wallets: Number of wallets (each connect costs 40 credits, plus the blockchain list).
     """
     # Each connect task may pay for the exchange (or blockchain) list itself (its cache is per worker machine).
@@ -214,12 +238,69 @@ def check_budget_covers(run_budget: int | None, accounts: int, datasets: int, *,
     needed = accounts * each + wallets * each_wallet
     accounts += wallets
     if run_budget is not None and run_budget < needed:
+        dear = [] if isinstance(datasets, int) else sorted(EXPENSIVE_DATASETS & set(datasets), key=DATASETS.index)
+        hint = (
+            " (" + ", ".join(f"{d} alone costs {DATASET_MIN_CREDITS[d]} per portfolio" for d in dear) + ")"
+            if dear
+            else ""
+        )
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} cannot cover {accounts} account(s): connecting and syncing "
             f"each takes at least {each} credits"
-            f"{f' (each wallet {each_wallet})' if wallets else ''} ({needed} in all). "
-            "Nothing was spent. Raise the budget or sync fewer accounts."
+            f"{f' (each wallet {each_wallet})' if wallets else ''} ({needed} in all){hint}. "
+            "Nothing was spent. Raise the budget, select fewer datasets or sync fewer accounts."
         )
+
+
+def _dataset_names(datasets: Collection[str]) -> list[str]:
+    unknown = sorted(set(datasets) - set(DATASETS))
+    if unknown:
+        raise CoinStatsConfigError(f"Unknown dataset '{unknown[0]}'; choose from {', '.join(DATASETS)}.")
+    return [d for d in DATASETS if d in datasets]
+
+
+def expected_credits(accounts: int, datasets: Collection[str]) -> dict[str, int]:
+    """The least a run will cost, by step: what :func:`cost_plan` reports before anything is spent.
+
+    Connecting may pay the exchange list once per account; every portfolio is synced and polled once and
+    loads one call or first page of each selected dataset. Longer syncs (3 credits a poll) and more
+    pages cost more; ``defi`` is not spent on exchange portfolios.
+
+    :param accounts: Number of accounts.
+    :param datasets: The selected dataset names.
+    :return: ``{"connect", "sync", <dataset>..., "total"}`` in credits.
+    """
+    plan = {"connect": accounts * (SUPPORT_COST + CONNECT_COST), "sync": accounts * (SYNC_COST + POLL_COST)}
+    plan.update({d: accounts * DATASET_MIN_CREDITS[d] for d in _dataset_names(datasets)})
+    plan["total"] = sum(plan.values())
+    return plan
+
+
+def cost_plan(accounts: int, datasets: Collection[str], run_budget: int | None) -> tuple[str, bool]:
+    """The line a run logs up front about what it will cost, and whether it deserves a warning.
+
+    It is a warning when expensive datasets (``defi``, ``snapshot``) are selected without a credit budget
+    and they alone would cost :data:`EXPENSIVE_WARNING_CREDITS` or more.
+
+    :param accounts: Number of accounts of this run.
+    :param datasets: The selected dataset names.
+    :param run_budget: The run's credit budget, or ``None``.
+    """
+    plan = expected_credits(accounts, datasets)
+    parts = ", ".join(f"{key} {plan[key]}" for key in plan if key != "total")
+    line = (
+        f"Credit plan: {accounts} account(s) x datasets {', '.join(_dataset_names(datasets))} cost at least "
+        f"{plan['total']} credits ({parts}); budget: {'none' if run_budget is None else run_budget}."
+    )
+    dear = [d for d in _dataset_names(datasets) if d in EXPENSIVE_DATASETS]
+    dear_cost = sum(plan[d] for d in dear)
+    if run_budget is None and dear and dear_cost >= EXPENSIVE_WARNING_CREDITS:
+        line += (
+            f" {' and '.join(dear)} alone cost at least {dear_cost} credits and no credit budget caps this run: "
+            "set the credit_budget Param to cap it."
+        )
+        return line, True
+    return line, False
 
 
 def plan_budgets(
@@ -248,20 +329,77 @@ def plan_budgets(
         return None, None
     if portfolios <= 0:
         return 0, 0
-    share = (run_budget - spent_so_far) // portfolios
     minimum = min_credits_per_portfolio(datasets)
+    share, sync_budget = _share_and_sync(
+        run_budget,
+        spent_so_far,
+        portfolios,
+        minimum,
+        (sync_timeout, poll_interval),
+        f"less than one sync and load needs (at least {minimum}). Raise the budget or sync fewer accounts.",
+    )
+    load_budget = (share - sync_budget) // datasets if datasets else 0
+    return sync_budget, load_budget
+
+
+def _share_and_sync(
+    run_budget: int, spent_so_far: int, portfolios: int, minimum: int, wait: tuple[float, float], short: str
+) -> tuple[int, int]:
+    """Each portfolio's equal share of what is left, and its sync budget; ``short`` ends the error when too small.
+
+    Status polls may use at most half of what is left above the minimum (and no more than the timeout
+    ``wait[0]`` allows at one poll every ``wait[1]`` seconds); the loads share the rest.
+    """
+    share = (run_budget - spent_so_far) // portfolios
     if share < minimum:
         raise CoinStatsConfigError(
             f"The credit budget of {run_budget} leaves {max(share, 0)} credits per portfolio after "
-            f"connecting ({spent_so_far} spent), less than one sync and load needs (at least {minimum}). "
-            "Raise the budget or sync fewer accounts."
+            f"connecting ({spent_so_far} spent), {short}"
         )
-    # Status polls may use at most half of what is left above the minimum; the loads share the rest.
-    max_polls = max(1, math.ceil(sync_timeout / poll_interval))
+    max_polls = max(1, math.ceil(wait[0] / wait[1]))
     polls = min(max_polls, max(1, (share - minimum) // (2 * POLL_COST)))
-    sync_budget = SYNC_COST + polls * POLL_COST
-    load_budget = (share - sync_budget) // datasets if datasets else 0
-    return sync_budget, load_budget
+    return share, SYNC_COST + polls * POLL_COST
+
+
+def plan_dataset_budgets(
+    run_budget: int | None,
+    spent_so_far: int,
+    portfolios: int,
+    datasets: Collection[str],
+    sync_timeout: float,
+    poll_interval: float,
+) -> tuple[int | None, dict[str, int] | None]:
+    """Like :func:`plan_budgets`, but each selected dataset's load gets its own budget.
+
+    Each load is given its least cost (:data:`DATASET_MIN_CREDITS`: a 500-credit snapshot page and a
+    4-credit transactions page are not alike) plus an equal part of what is left after the sync, so a
+    budget that covers the selection always lets every load make its first call.
+
+    :param run_budget: The run's cap, or ``None``.
+    :param spent_so_far: Credits already spent (connect step).
+    :param portfolios: Number of portfolios.
+    :param datasets: The selected dataset names.
+    :param sync_timeout: Seconds a sync may take.
+    :param poll_interval: Seconds between status polls.
+    :return: The sync budget and ``{dataset: load budget}`` of each portfolio (``None`` without a cap).
+    """
+    names = _dataset_names(datasets)
+    if run_budget is None:
+        return None, None
+    if portfolios <= 0:
+        return 0, dict.fromkeys(names, 0)
+    minimum = min_credits_per_portfolio(names)
+    share, sync_budget = _share_and_sync(
+        run_budget,
+        spent_so_far,
+        portfolios,
+        minimum,
+        (sync_timeout, poll_interval),
+        f"less than one sync and the selected loads need (at least {minimum} for {', '.join(names)}). "
+        "Raise the budget, select fewer datasets or sync fewer accounts.",
+    )
+    surplus = share - sync_budget - sum(DATASET_MIN_CREDITS[d] for d in names)
+    return sync_budget, {d: DATASET_MIN_CREDITS[d] + surplus // len(names) for d in names}
 
 
 def register_portfolios(
@@ -324,7 +462,7 @@ def _account_record(index: int, account: Mapping[str, Any]) -> AccountRecord:
 
 
 def portfolio_work(
-    records: Iterable[Mapping[str, Any]], sync_budget: int | None, load_budget: int | None
+    records: Iterable[Mapping[str, Any]], sync_budget: int | None, load_budget: int | Mapping[str, int] | None
 ) -> list[dict[str, Any]]:
     """One mapping entry per distinct portfolio (two connections of one account sync once).
 
@@ -333,7 +471,7 @@ def portfolio_work(
 
     :param records: Output of :func:`register_portfolios`.
     :param sync_budget: Credit budget of each sync task.
-    :param load_budget: Credit budget of each load task.
+    :param load_budget: Credit budget of each load task, or per dataset (see :func:`plan_dataset_budgets`).
     """
     seen: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -343,6 +481,7 @@ def portfolio_work(
                 "portfolio_id": record["portfolio_id"],
                 "sync_budget": sync_budget,
                 "load_budget": load_budget,
+                # How the portfolio was connected: the defi load only calls CoinStats for wallets.
                 "kind": record.get("kind") or "exchange",
                 "account": record.get("account") or record["exchange_conn_id"],
             },
@@ -507,16 +646,27 @@ def with_pruned(summary: dict[str, Any], pruned: Any) -> dict[str, Any]:
     return summary
 
 
+#: Column headings of the opt-in datasets in :func:`format_summary`.
+_SUMMARY_LABELS = {"snapshot": "snaps"}
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Render :func:`summarize` output as a small text table for logs and the demo.
 
     :param summary: Output of :func:`summarize`.
     """
-    lines = [f"{'portfolio':<26} {'status':<10} {'value':>6} {'coins':>6} {'txns':>7} {'credits':>8}  accounts"]
+    # The opt-in datasets get a column only when a portfolio loaded them.
+    loaded = {table for entry in summary["portfolios"] for table in entry["rows"]}
+    extra = [d for d in DATASETS if d not in DEFAULT_DATASETS and DATASET_TABLES[d] in loaded]
+    extra_head = "".join(f" {_SUMMARY_LABELS.get(d, d):>6}" for d in extra)
+    lines = [
+        f"{'portfolio':<26} {'status':<10} {'value':>6} {'coins':>6} {'txns':>7}{extra_head} {'credits':>8}  accounts"
+    ]
     for entry in summary["portfolios"]:
         value, coins, txns = (entry["rows"].get(DATASET_TABLES[d], 0) for d in ("value", "coins", "transactions"))
+        extra_cells = "".join(f" {entry['rows'].get(DATASET_TABLES[d], 0):>6}" for d in extra)
         lines.append(
-            f"{entry['portfolio_id']:<26} {entry['status']:<10} {value:>6} {coins:>6} {txns:>7} "
+            f"{entry['portfolio_id']:<26} {entry['status']:<10} {value:>6} {coins:>6} {txns:>7}{extra_cells} "
             f"{entry['credits_spent']:>8}  {', '.join(entry['exchange_conn_ids'])}"
         )
     for entry in summary["portfolios"]:

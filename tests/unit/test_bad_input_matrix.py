@@ -837,6 +837,30 @@ WALLET_CASES: tuple[Case, ...] = (
 )
 
 
+def _defi_on_exchange(env: Env) -> Outcome:
+    return local(env, lambda: load_op(env, "defi", portfolio_kind="exchange"))
+
+
+def _check_defi_not_served(outcome: Outcome) -> None:
+    result = outcome.result
+    assert isinstance(result, dict)
+    assert (result["rows"], result["credits_spent"]) == (0, 0)
+    assert "wallet portfolios only" in result["not_served"]
+
+
+def _chart_type_not_in_enum(env: Env) -> Outcome:
+    return local(env, lambda: load_op(env, "chart", chart_type="2y"))
+
+
+def _budget_below_snapshot(env: Env) -> Outcome:
+    # resolve_accounts for one account, the default datasets plus snapshot, budget 550 (566 needed).
+    def check() -> object:
+        with failing_fast("Resolving the exchange accounts"):
+            return pipeline.check_budget_covers(550, 1, ["value", "coins", "transactions", "snapshot"])
+
+    return local(env, check)
+
+
 CASES: tuple[Case, ...] = (
     Case(
         "missing-api-key",
@@ -914,7 +938,10 @@ CASES: tuple[Case, ...] = (
         "param-datasets-value",
         "Param datasets=['balances']",
         _params({"datasets": ["balances"]}),
-        ("Invalid input for param datasets", "'balances' is not one of ['value', 'coins', 'transactions']"),
+        (
+            "Invalid input for param datasets",
+            "'balances' is not one of ['value', 'coins', 'transactions', 'chart', 'defi', 'snapshot']",
+        ),
         credits=0,
         requests=0,
         failed_requests=0,
@@ -1299,6 +1326,39 @@ CASES: tuple[Case, ...] = (
         error=SettingsError,
         absent=(CANARIES["api_key"], SETTINGS_URI),
     ),
+    Case(
+        "defi-on-exchange-portfolio",
+        "dataset defi for an exchange portfolio (CoinStats serves DeFi for wallets only)",
+        _defi_on_exchange,
+        (),
+        credits=0,
+        requests=0,
+        failed_requests=0,
+        error=None,
+        check=_check_defi_not_served,
+    ),
+    Case(
+        "chart-type-not-in-enum",
+        "chart_type '2y' (not one of 24h, 1w, 1m, 3m, 6m, 1y, all)",
+        _chart_type_not_in_enum,
+        ("Chart type '2y' is not one CoinStats serves", "Choose one of 24h, 1w, 1m, 3m, 6m, 1y, all"),
+        credits=0,
+        requests=0,
+        failed_requests=0,
+    ),
+    Case(
+        "budget-cannot-cover-snapshot",
+        "credit budget 550 for one account with datasets value, coins, transactions, snapshot",
+        _budget_below_snapshot,
+        (
+            "The credit budget of 550 cannot cover 1 account(s)",
+            "snapshot alone costs 500 per portfolio",
+            "Raise the budget, select fewer datasets",
+        ),
+        credits=0,
+        requests=0,
+        failed_requests=0,
+    ),
 )
 
 
@@ -1359,6 +1419,7 @@ def test_cases_cover_the_brief() -> None:
         "sync-answer-cut",
         "transaction-amount-1e400",
         "transaction-text-unstorable",
+        "defi-on-exchange-portfolio",
     }
     assert all(CASES_BY_ID[i].rows or CASES_BY_ID[i].check for i in survived), "a survived case must show its effect"
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 import responses
 
-from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS
+from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, DEFAULT_DATASETS
 from tests.conftest import BASE_URL, CANARIES, ROOT, SUPPORT, assert_no_canary
 
 DAGS = ROOT / "dags"
@@ -114,6 +114,7 @@ def test_main_dag_shape_pool_and_assets() -> None:
         "exchange_conn_ids",
         "prune_removed_accounts",
         "datasets",
+        "chart_type",
         "sync_timeout_minutes",
         "sync_poll_seconds",
         "credit_budget",
@@ -122,6 +123,11 @@ def test_main_dag_shape_pool_and_assets() -> None:
         "transactions_overlap_hours",
         "full_every_days",
     }
+    # The opt-in datasets are in the enum, not in the default selection.
+    assert dag.params["datasets"] == list(DEFAULT_DATASETS)
+    assert dag.params.get_param("datasets").schema["items"]["enum"] == list(DATASETS)
+    assert dag.params["chart_type"] == "1m"
+    assert dag.params.get_param("chart_type").schema["enum"] == ["24h", "1w", "1m", "3m", "6m", "1y", "all"]
     calling = [
         "connect_exchange_portfolio",
         "connect_wallet_portfolio",

@@ -25,7 +25,12 @@ from include.coinstats_sandbox import DEFAULT_API_KEY, SandboxConfig, SandboxSer
 from include.coinstats_sandbox.__main__ import build_parser, config_from_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared/coinstats-api/coinstats-portfolio-subset.openapi.json"
+_SPEC = "shared/coinstats-api/coinstats-portfolio-subset.openapi.json"
+# The contract sits beside the checkout (parents[3]); a worktree one folder deeper finds it at parents[4].
+SPEC_PATH = next(
+    (p / _SPEC for p in Path(__file__).resolve().parents[3:5] if (p / _SPEC).is_file()),
+    Path(__file__).resolve().parents[3] / _SPEC,
+)
 SPEC_URI = "urn:coinstats-portfolio-subset"
 INVALID_KEY_BODY = {
     "statusCode": 401,

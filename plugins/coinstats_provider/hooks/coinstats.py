@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from coinstats_provider.credits import credit_cost
@@ -19,6 +19,7 @@ from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_
 from coinstats_provider.hooks.errors import redact
 from coinstats_provider.hooks.paging import DEFAULT_MAX_PAGES, PagedRoute, iter_pages
 from coinstats_provider.models import (
+    CHART_TYPES,
     ConnectResult,
     ConnectStatus,
     CreditUsage,
@@ -26,6 +27,9 @@ from coinstats_provider.models import (
     SupportedExchange,
     SyncStatus,
 )
+
+#: Most pages of ``GET /portfolio/snapshot/items`` one stream reads (500 credits each).
+SNAPSHOT_MAX_PAGES = 20
 
 
 class CoinStatsHook(CoinStatsBaseHook):
@@ -340,6 +344,74 @@ class CoinStatsHook(CoinStatsBaseHook):
         pages = self._pages(paging.TRANSACTIONS, params, page_size, start_page, max_pages)
         return date_filter.filtered_pages(pages, since, path=paging.TRANSACTIONS.path)
 
+    def get_portfolio_chart(self, portfolio_id: str, chart_type: str) -> list[list[Any]]:
+        """Return the points of ``GET /portfolio/chart`` (10 credits): ``[timestamp, USD, BTC, ETH]`` each.
+
+        The chart type is checked before the call (a wrong one would still be charged). Points are returned
+        as CoinStats sent them, numbers exact (``Decimal``); whether a timestamp is in seconds or
+        milliseconds is decided by :func:`coinstats_provider.warehouse.transform.chart_rows`.
+
+        :param portfolio_id: The portfolio.
+        :param chart_type: One of ``24h``, ``1w``, ``1m``, ``3m``, ``6m``, ``1y``, ``all``.
+        :raises CoinStatsConfigError: On another chart type (nothing is sent).
+        """
+        check_chart_type(chart_type)
+        params = {"portfolioId": portfolio_id, "type": chart_type}
+        data = self.request("GET", "/portfolio/chart", params=params, exact_numbers=True)
+        points = data.get("result") if isinstance(data, dict) else None
+        if not isinstance(points, list):
+            raise CoinStatsResponseError("CoinStats GET /portfolio/chart answered without a list under 'result'.")
+        return points
+
+    def get_portfolio_defi(self, portfolio_id: str) -> dict[str, Any]:
+        """Return ``GET /portfolio/defi`` (400 credits): ``{"totalAssets", "protocols": [...]}``.
+
+        CoinStats serves DeFi positions for wallet portfolios only (those from ``POST /portfolio/wallet``);
+        callers decide before paying (see :class:`~coinstats_provider.operators.load.LoadPortfolioOperator`).
+
+        :param portfolio_id: A wallet portfolio.
+        """
+        data = self.request("GET", "/portfolio/defi", params={"portfolioId": portfolio_id}, exact_numbers=True)
+        if not isinstance(data, dict):
+            raise CoinStatsResponseError("CoinStats GET /portfolio/defi answered with a non-object body.")
+        protocols = data.get("protocols")
+        if protocols is None:
+            # INFERRED: a wallet without positions may omit the list; the schema marks it required.
+            return {**data, "protocols": []}
+        if not isinstance(protocols, list):
+            raise CoinStatsResponseError("CoinStats GET /portfolio/defi answered 'protocols' that is not a list.")
+        return data
+
+    def iter_portfolio_snapshots(
+        self,
+        portfolio_id: str,
+        *,
+        date_from: date,
+        date_to: date,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        max_pages: int = SNAPSHOT_MAX_PAGES,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of ``GET /portfolio/snapshot/items`` (500 credits per page) between two days.
+
+        CoinStats answers ``{"result": [...]}`` in chronological order and no paging meta (CONTRACT §3):
+        whether the route really pages is not documented, so it is read like the other paged routes
+        (a short page ends the stream; a repeated page is refused instead of paid for again).
+
+        :param portfolio_id: The portfolio.
+        :param date_from: First day (``from``, ``YYYY-MM-DD``).
+        :param date_to: Last day (``to``, ``YYYY-MM-DD``).
+        :param page_size: Items per page (``limit``), 1 to 100.
+        :param max_pages: Most pages to read (each costs 500 credits).
+        :raises CoinStatsConfigError: When ``date_from`` is after ``date_to`` (nothing is sent).
+        """
+        if date_from > date_to:
+            raise CoinStatsConfigError(
+                f"Snapshot window from {date_from.isoformat()} to {date_to.isoformat()} is empty: 'from' is after "
+                "'to'. Pass the earlier day as date_from."
+            )
+        params = {"portfolioId": portfolio_id, "from": date_from.isoformat(), "to": date_to.isoformat()}
+        return self._pages(paging.SNAPSHOTS, params, page_size, 1, max_pages)
+
     # -- waiting for a sync ----------------------------------------------------------------------
 
     def wait_for_sync(
@@ -386,3 +458,18 @@ class CoinStatsHook(CoinStatsBaseHook):
             earlier_polls=earlier_polls,
             resumed=resumed,
         )
+
+
+def check_chart_type(chart_type: Any) -> str:
+    """Return ``chart_type`` when CoinStats knows it, else raise before anything is paid.
+
+    :param chart_type: The requested chart type.
+    :raises CoinStatsConfigError: Naming the allowed values.
+    """
+    if chart_type not in CHART_TYPES:
+        shown = str(chart_type)[:20]
+        raise CoinStatsConfigError(
+            f"Chart type {shown!r} is not one CoinStats serves. Choose one of {', '.join(CHART_TYPES)} "
+            "(the DAG's chart_type Param or the operator's chart_type argument)."
+        )
+    return str(chart_type)

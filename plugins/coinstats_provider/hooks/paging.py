@@ -43,6 +43,7 @@ from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsListCha
 __all__ = [
     "COINS",
     "DEFAULT_MAX_PAGES",
+    "SNAPSHOTS",
     "TRANSACTIONS",
     "PagedRoute",
     "item_date",
@@ -119,6 +120,18 @@ class PagedRoute:
 
 COINS = PagedRoute("/portfolio/coins", ("result", "data"), coin_identity)
 TRANSACTIONS = PagedRoute("/portfolio/transactions", ("data", "result"), transaction_identity, "date")
+
+
+def snapshot_identity(item: Mapping[str, Any]) -> str:
+    """A snapshot item is identified by its ``date`` (its balances are what it says about that moment).
+
+    :param item: A ``PortfolioSnapshotItemDto``.
+    """
+    return _json_key(["snapshot", item.get("date")])
+
+
+#: Chronological (oldest first), so no newest-first date check; ``{"result": [...]}`` with no meta.
+SNAPSHOTS = PagedRoute("/portfolio/snapshot/items", ("result", "data"), snapshot_identity)
 
 
 def _envelope(data: Any, route: PagedRoute) -> tuple[list[dict[str, Any]], Mapping[str, Any] | None]:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from coinstats_provider.exceptions import CoinStatsError, CoinStatsListChangedError
+from coinstats_provider.exceptions import CoinStatsConfigError, CoinStatsError, CoinStatsListChangedError
 from coinstats_provider.hooks.connection import DEFAULT_CONN_NAME, DEFAULT_PAGE_SIZE
+from coinstats_provider.models import CHART_TYPES, DEFAULT_CHART_TYPE, PORTFOLIO_KINDS
 from coinstats_provider.operators import _transactions
 from coinstats_provider.operators._common import (
     PORTFOLIO_MAP_INDEX_TEMPLATE,
@@ -84,6 +85,25 @@ def snapshot_date(context: Context, log: Logger | None = None, *, now: dt.dateti
     return fetched
 
 
+def snapshot_window(context: Context, *, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """The days ``GET /portfolio/snapshot/items`` is asked for: the run's data interval, start to end.
+
+    A daily run for the interval ``[D-1 00:00, D 00:00)`` asks ``from=D-1&to=D`` (the snapshots are
+    upserted, so the day both windows share is simply rewritten). Without a data interval (a manual run)
+    the window is the run's date alone; without any date, today (UTC).
+
+    :param context: Task context.
+    :param now: Current time (for tests); defaults to now in UTC.
+    """
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if isinstance(start, dt.datetime) and isinstance(end, dt.datetime):
+        first, last = start.astimezone(dt.UTC).date(), end.astimezone(dt.UTC).date()
+        if first <= last:
+            return first, last
+    day = run_date(context) or (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
+    return day, day
+
+
 def selected_datasets(value: Any, task_id: str) -> frozenset[str] | None:
     """Read the ``datasets`` a run selected; ``None`` selects every dataset.
 
@@ -125,7 +145,8 @@ def _list_text(text: str) -> Any:
 
 
 class LoadPortfolioOperator(BaseOperator):
-    """Extract one dataset (``value``, ``coins`` or ``transactions``) of a portfolio and load it exactly once.
+    """Extract one dataset of a portfolio (``value``, ``coins``, ``transactions``, ``chart``, ``defi``,
+    ``snapshot``) and load it exactly once.
 
     Pages flow from the hook's generators into the warehouse in batches, so memory does not grow with
     the number of rows. ``value`` and ``coins`` replace the portfolio's snapshot of the run's date;
@@ -133,7 +154,10 @@ class LoadPortfolioOperator(BaseOperator):
     transactions seen (keyed by CoinStats ids or identifying fields, see :mod:`coinstats_provider.warehouse.transform`);
     new ones are inserted, edited ones updated, vanished ones removed. Rows are staged while pages
     arrive and merged in one short database transaction, so a rerun (or a crash and rerun) leaves the
-    table as after one run. An item that cannot be stored exactly fails the task without retries.
+    table as after one run. ``chart`` (one chart type) and ``snapshot`` (the run's data interval) are
+    upserted by key; ``defi`` replaces the portfolio's positions of the day like ``coins``, and is only
+    served for wallet portfolios: for an exchange portfolio the task logs why and succeeds with 0 rows and
+    0 credits, sending nothing. An item that cannot be stored exactly fails the task without retries.
     Returns ``{"portfolio_id", "dataset", "table", "rows", "pages", "credits_spent"}``, plus
     ``"inserted", "updated", "removed"`` for ``transactions``.
 
@@ -144,14 +168,15 @@ class LoadPortfolioOperator(BaseOperator):
     ``"credits_saved"`` and ``"full_read_credits"``.
 
     :param portfolio_id: The portfolio.
-    :param dataset: ``value``, ``coins`` or ``transactions``.
+    :param dataset: One of :data:`~coinstats_provider.warehouse.schema.DATASETS`.
     :param datasets: Datasets selected for this run; the task skips (0 credits) when ``dataset`` is not in it.
     :param coinstats_conn_id: CoinStats connection.
     :param warehouse_conn_id: SQL connection (SQLite or PostgreSQL) of the warehouse.
     :param currency: Currency of values and transactions.
     :param page_size: Items per CoinStats page (1 to 100).
     :param credit_budget: Credits this task instance may spend over all its tries (what earlier tries spent
-        is kept in the task state store); ``None`` for no limit.
+        is kept in the task state store); ``None`` for no limit. A mapping of dataset to credits (what
+        :func:`~coinstats_provider.pipeline.plan_dataset_budgets` plans) gives this task its dataset's entry.
     :param hook_params: Keyword arguments for :class:`CoinStatsHook`.
     :param max_stream_restarts: How often one try reads a stream again from its first page when the list
         changed upstream between page reads (see :mod:`coinstats_provider.hooks.paging`).
@@ -159,6 +184,8 @@ class LoadPortfolioOperator(BaseOperator):
     :param transactions_overlap_hours: How far before the newest loaded transaction an incremental read starts.
     :param full_every_days: Longest time between two full reconciles in incremental mode.
     :param account: The account (connection id) the portfolio belongs to; labels the task in the grid.
+    :param chart_type: Chart of the ``chart`` dataset: ``24h``, ``1w``, ``1m``, ``3m``, ``6m``, ``1y`` or ``all``.
+    :param portfolio_kind: ``exchange`` or ``wallet``: how the portfolio was connected (``defi`` needs a wallet).
     """
 
     template_fields: Sequence[str] = (
@@ -171,6 +198,8 @@ class LoadPortfolioOperator(BaseOperator):
         "credit_budget",
         *_transactions.TEMPLATE_FIELDS,
         "account",
+        "chart_type",
+        "portfolio_kind",
     )
     ui_color = "#b5e3b0"
 
@@ -184,13 +213,15 @@ class LoadPortfolioOperator(BaseOperator):
         warehouse_conn_id: str = WAREHOUSE_CONN_NAME,
         currency: str = "USD",
         page_size: int = DEFAULT_PAGE_SIZE,
-        credit_budget: int | str | None = None,
+        credit_budget: int | str | Mapping[str, int | None] | None = None,
         hook_params: dict[str, Any] | None = None,
         max_stream_restarts: int = MAX_STREAM_RESTARTS,
         transactions_mode: str = _transactions.DEFAULT_MODE,
         transactions_overlap_hours: float | str = _transactions.DEFAULT_OVERLAP_HOURS,
         full_every_days: float | str = _transactions.DEFAULT_FULL_EVERY_DAYS,
         account: str | None = None,
+        chart_type: str = DEFAULT_CHART_TYPE,
+        portfolio_kind: str = "exchange",
         **kwargs: Any,
     ) -> None:
         super().__init__(**with_map_index_template(kwargs, PORTFOLIO_MAP_INDEX_TEMPLATE))
@@ -210,6 +241,8 @@ class LoadPortfolioOperator(BaseOperator):
         self.transactions_mode = transactions_mode
         self.transactions_overlap_hours = transactions_overlap_hours
         self.full_every_days = full_every_days
+        self.chart_type = chart_type
+        self.portfolio_kind = portfolio_kind
         self._pages = 0
         self._transactions: _transactions.TransactionsLoad | None = None
 
@@ -218,8 +251,14 @@ class LoadPortfolioOperator(BaseOperator):
         """The CoinStats hook, limited to this task's credit budget."""
         from coinstats_provider.hooks.coinstats import CoinStatsHook  # built on first use, not at parse time
 
-        budget = parse_credit_budget(self.credit_budget, self.task_id)
+        budget = parse_credit_budget(self._own_budget(), self.task_id)
         return CoinStatsHook(self.coinstats_conn_id, credit_budget=budget, **self.hook_params)
+
+    def _own_budget(self) -> Any:
+        """This dataset's budget: ``credit_budget`` itself, or its entry when it maps datasets to budgets."""
+        if isinstance(self.credit_budget, Mapping):
+            return self.credit_budget.get(self.dataset)
+        return self.credit_budget
 
     def _selected(self) -> bool:
         chosen = selected_datasets(self.datasets, self.task_id)
@@ -231,10 +270,16 @@ class LoadPortfolioOperator(BaseOperator):
             raise AirflowFailException(f"Unknown dataset '{self.dataset}'; choose from {', '.join(DATASETS)}.")
         if not self._selected():
             raise AirflowSkipException(f"Dataset '{self.dataset}' is not selected for this run.")
+        self._check_arguments()
+        if self.dataset == "defi" and self.portfolio_kind != "wallet":
+            return self._defi_not_served(context)
         with failing_fast(f"Loading {self.dataset} of portfolio {self.portfolio_id}"):
             # Reads the connection; this try may only spend what earlier tries left of the budget.
             meter_across_tries(self.hook.credits, context)
         day = snapshot_date(context, self.log)
+        self._window = snapshot_window(context)
+        if self.dataset == "snapshot":
+            self.log.info("Snapshots of portfolio %s from %s to %s", self.portfolio_id, *self._window)
         from coinstats_provider.warehouse import transform  # at run time, not at parse time
         from coinstats_provider.warehouse.loader import CoinStatsWarehouse
 
@@ -259,6 +304,8 @@ class LoadPortfolioOperator(BaseOperator):
             push_credits_spent(context, self.hook.credits_spent)
             log_credits_spent(self.log, self.hook.credits_spent)
         table = TABLES[self.dataset]
+        if self.dataset == "chart":
+            self.log.info("Chart type %s of portfolio %s: %d points upserted", self.chart_type, self.portfolio_id, rows)
         self.log.info(
             "Loaded %d %s rows of portfolio %s into %s (snapshot %s)", rows, self.dataset, self.portfolio_id, table, day
         )
@@ -305,6 +352,39 @@ class LoadPortfolioOperator(BaseOperator):
             log=self.log,
         )
 
+    def _check_arguments(self) -> None:
+        """Refuse a portfolio kind or chart type CoinStats does not know, before anything is spent."""
+        if self.portfolio_kind not in PORTFOLIO_KINDS:
+            raise CoinStatsConfigError(
+                f"Task {self.task_id}: portfolio_kind {str(self.portfolio_kind)[:20]!r} is unknown; use "
+                f"{' or '.join(PORTFOLIO_KINDS)} (how the portfolio was connected)."
+            )
+        if self.dataset == "chart" and self.chart_type not in CHART_TYPES:
+            from coinstats_provider.hooks.coinstats import check_chart_type
+
+            with failing_fast(f"Loading chart of portfolio {self.portfolio_id}"):
+                check_chart_type(self.chart_type)
+
+    def _defi_not_served(self, context: Context) -> dict[str, Any]:
+        """Succeed without a call: CoinStats serves DeFi positions for wallet portfolios only."""
+        self.log.info(
+            "Not loading defi of portfolio %s: it is an %s portfolio, and CoinStats serves DeFi positions "
+            "(GET /portfolio/defi, 400 credits) for wallet portfolios only. Nothing was sent, 0 credits spent; "
+            "connect the address as a wallet portfolio to load its positions, or leave defi out of datasets.",
+            self.portfolio_id,
+            self.portfolio_kind,
+        )
+        push_credits_spent(context, 0)
+        return {
+            "portfolio_id": self.portfolio_id,
+            "dataset": self.dataset,
+            "table": TABLES[self.dataset],
+            "rows": 0,
+            "pages": 0,
+            "credits_spent": 0,
+            "not_served": f"defi is served for wallet portfolios only, not {self.portfolio_kind} ones",
+        }
+
     def _load_whole(self, warehouse: CoinStatsWarehouse, day: dt.date) -> int:
         """Run :meth:`_load`; read the stream again when CoinStats' list changed between two page reads.
 
@@ -344,6 +424,16 @@ class LoadPortfolioOperator(BaseOperator):
         if self.dataset == "coins":
             items = self._items(self.hook.iter_portfolio_coins(pid, page_size=self.page_size))
             return warehouse.replace_snapshot(TABLES["coins"], pid, day, transform.coin_rows(pid, day, items))
+        if self.dataset == "chart":
+            points = self.hook.get_portfolio_chart(pid, self.chart_type)
+            return warehouse.upsert_history(TABLES["chart"], pid, transform.chart_rows(pid, self.chart_type, points))
+        if self.dataset == "defi":
+            defi = self.hook.get_portfolio_defi(pid)
+            return warehouse.replace_snapshot(TABLES["defi"], pid, day, transform.defi_rows(pid, day, defi))
+        if self.dataset == "snapshot":
+            first, last = self._window
+            pages = self.hook.iter_portfolio_snapshots(pid, date_from=first, date_to=last, page_size=self.page_size)
+            return warehouse.upsert_history(TABLES["snapshot"], pid, transform.snapshot_rows(pid, self._items(pages)))
         assert self._transactions is not None
         self._outcome = self._transactions.run(self._items)
         self._reconciled = self._outcome.changes

@@ -44,10 +44,13 @@ def utc_now() -> str:
 def sql_value(value: Any) -> Any:
     """Convert Python values the drivers handle differently into portable ones.
 
-    :param value: A column value: booleans become ``0``/``1``, dates ISO text, strings clean text.
+    :param value: A column value: booleans become ``0``/``1``, dates ISO text (aware times in UTC),
+        strings clean text.
     """
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).isoformat()  # a TIMESTAMPTZ read in another session time zone
     if isinstance(value, date):  # datetime is a subclass of date
         return value.isoformat()
     if isinstance(value, str):

@@ -14,6 +14,10 @@ stream that raises leaves every permanent table untouched.
 **Snapshots** (:data:`~coinstats_provider.warehouse.schema.SNAPSHOT_TABLES`) are replaced per
 ``(portfolio_id, snapshot_date)``.
 
+**Histories** (:data:`~coinstats_provider.warehouse.schema.UPSERT_TABLES`: chart points, snapshot
+items) are upserted by primary key: a rerun rewrites the rows it fetched whose values changed (unchanged
+rows keep ``loaded_at``) and keeps every other row.
+
 **Transactions mirror CoinStats.** :meth:`CoinStatsWarehouse.reconcile_transactions` makes a
 portfolio's rows equal the set seen in a completed stream: new keys are inserted, rows whose
 columns changed are updated in place (unchanged rows are not rewritten and keep ``loaded_at``), and
@@ -52,6 +56,7 @@ from coinstats_provider.warehouse.schema import (
     SYNC_STATE_TABLE,
     TABLES,
     TRANSACTIONS_TABLE,
+    UPSERT_TABLES,
     Dialect,
     TableSpec,
 )
@@ -185,6 +190,49 @@ class CoinStatsWarehouse(WarehouseDatabase):
             finally:
                 cur.close()
         log.info("Replaced %s snapshot %s of portfolio %s: %d rows", table, day, portfolio_id, written)
+        return written
+
+    def upsert_history(self, table: str, portfolio_id: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or update one portfolio's history rows by primary key, atomically.
+
+        ``rows`` are staged first (no lock held); then one short transaction inserts new keys and
+        rewrites existing rows whose values differ (unchanged rows keep ``loaded_at``). Rows of the
+        portfolio that are not in ``rows`` stay. A stream that raises changes nothing.
+
+        :param table: One of :data:`~coinstats_provider.warehouse.schema.UPSERT_TABLES`.
+        :param portfolio_id: The portfolio being loaded; rows may omit it, but must not differ.
+        :param rows: The rows, consumed lazily in batches of ``batch_size``; each key at most once.
+        :return: Rows written (inserted or already stored).
+        :raises ValueError: On an invalid row or a key repeated in ``rows`` (nothing changes).
+        """
+        if table not in UPSERT_TABLES:
+            raise ValueError(f"upsert_history supports {sorted(UPSERT_TABLES)}, not {table!r}")
+        spec = TABLES[table]
+        columns = ", ".join(spec.column_names)
+        keys = ", ".join(spec.primary_key)
+        compared = [c for c in spec.column_names if c not in spec.primary_key and c != "loaded_at"]
+        differs = "IS NOT" if self.dialect == "sqlite" else "IS DISTINCT FROM"
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                stage = self._create_stage(cur, spec)
+                written = self._write_batches(cur, stage, spec, rows, {"portfolio_id": portfolio_id})
+                if repeated := self._repeated_keys(cur, stage, keys):
+                    raise ValueError(
+                        f"the {table} rows of portfolio {portfolio_id} repeat {repeated} key(s) ({keys}); "
+                        "each key may appear once per load. Nothing was changed."
+                    )
+                with self._begin(conn, cur, table, portfolio_id):
+                    # "WHERE true" lets SQLite tell the upsert clause from a join condition.
+                    cur.execute(
+                        f"INSERT INTO {spec.name} ({columns}) SELECT {columns} FROM {stage} WHERE true "  # noqa: S608
+                        f"ON CONFLICT ({keys}) DO UPDATE SET "
+                        f"{', '.join(f'{c} = excluded.{c}' for c in [*compared, 'loaded_at'])} "
+                        f"WHERE {' OR '.join(f'{spec.name}.{c} {differs} excluded.{c}' for c in compared)}"
+                    )
+            finally:
+                cur.close()
+        log.info("Upserted %d %s rows of portfolio %s", written, table, portfolio_id)
         return written
 
     def reconcile_transactions(
@@ -347,17 +395,21 @@ class CoinStatsWarehouse(WarehouseDatabase):
             cur.execute(f"CREATE INDEX temp.{_STAGE}_key ON {_STAGE} (transaction_key)")
         else:
             cur.execute(f"CREATE INDEX ON {stage} (transaction_key)")
-        cur.execute(
-            f"SELECT COUNT(*) FROM (SELECT transaction_key FROM {stage} "  # noqa: S608
-            "GROUP BY transaction_key HAVING COUNT(*) > 1) AS repeated"
-        )
-        (repeated,) = cur.fetchone()
-        if repeated:
+        if repeated := self._repeated_keys(cur, stage, "transaction_key"):
             raise ValueError(
                 f"the transaction stream of portfolio {portfolio_id} repeats {repeated} transaction_key "
                 "value(s); each transaction needs a unique key (use one TransactionKeyer per stream). "
                 "Nothing was changed."
             )
+
+    @staticmethod
+    def _repeated_keys(cur: Any, stage: str, keys: str) -> int:
+        """How many values of the key columns ``keys`` occur more than once in the staged rows."""
+        cur.execute(
+            f"SELECT COUNT(*) FROM (SELECT {keys} FROM {stage} GROUP BY {keys} HAVING COUNT(*) > 1) AS repeated"  # noqa: S608
+        )
+        (repeated,) = cur.fetchone()
+        return int(repeated)
 
     def _merge_staged_transactions(
         self, cur: Any, stage: str, portfolio_id: str, delete: bool = True

@@ -29,7 +29,6 @@ Table                                         Columns
 ``coinstats_transactions_sync_state``         **portfolio_id** TEXT, last_mode TEXT, currency TEXT,
                                               newest_occurred_at TEXT, newest_key TEXT, last_full_at TEXT,
                                               last_run_at TEXT
-============================================  ==================================================================
 
 The sync-state table holds one row per portfolio: the mode of the last transactions load (``full`` or
 ``incremental``), the currency its values are in, the newest transaction loaded (its date and key), and
@@ -47,6 +46,33 @@ answered ``existing``, i.e. it existed before), ``removed_at`` when its account 
 
 Every table starts with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per
 ``(portfolio_id, snapshot_date)``; each dataset of :data:`DATASETS` loads the table :data:`DATASET_TABLES` names.
+=======
+
+``TIMESTAMP`` is PostgreSQL ``TIMESTAMPTZ`` and, on SQLite, UTC ISO 8601 text (``2026-02-27T12:00:00+00:00``).
+Other timestamps (``loaded_at``, ``updated_at``, ``removed_at``, ``deleted_at``, ``last_full_at``,
+``last_run_at``) are UTC ISO 8601 text.
+
+The sync-state table holds one row per portfolio: the mode of the last transactions load (``full`` or
+``incremental``), the currency its values are in, the newest transaction loaded (its date and key), and
+when the last full reconcile and the last load ran; it is written in the same database transaction as the
+transactions it describes.
+
+``coinstats_portfolios`` has one row per portfolio the DAG registered: ``account_conn_id`` is the Airflow
+connection of its account (``exchange_conn_id`` too for an exchange, NULL for a wallet), ``kind`` what it
+tracks, ``created_by`` the DAG whose connect created it (answered ``connected``; NULL when CoinStats
+answered ``existing``, i.e. it existed before), ``removed_at`` when its account left the accounts list and
+``deleted_at`` when pruning deleted it on CoinStats (both NULL again once the account is listed again).
+
+Every table starts with ``portfolio_id``. Snapshots (:data:`SNAPSHOT_TABLES`) are replaced per
+``(portfolio_id, snapshot_date)``; histories (:data:`UPSERT_TABLES`) are upserted by primary key (a rerun
+rewrites its points, keeps the others); each dataset of :data:`DATASETS` loads the table
+:data:`DATASET_TABLES` names.
+
+A snapshot's coin balances are one JSON column (``coin_balances_json``, canonical JSON with exact numbers),
+not a child table: CoinStats gives the balances no id (only ``symbol``, which two coins may share), they
+are only ever read together with their snapshot, and one row per snapshot keeps the upsert atomic and the
+table one Asset. Query them with ``json_each(coin_balances_json)`` on SQLite or
+``jsonb_array_elements(coin_balances_json::jsonb)`` on PostgreSQL.
 
 This module imports nothing from Airflow: DAG files read :data:`DATASETS` and :data:`DATASET_TABLES` at
 parse time.
@@ -59,16 +85,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "CHART_TABLE",
     "COINS_TABLE",
     "DATASETS",
     "DATASET_TABLES",
     "DECIMAL",
+    "DEFAULT_DATASETS",
+    "DEFI_TABLE",
     "PORTFOLIOS_TABLE",
     "REMOVED_TABLE",
+    "SNAPSHOTS_TABLE",
     "SNAPSHOT_TABLES",
     "SYNC_STATE_TABLE",
     "TABLES",
+    "TIMESTAMP",
     "TRANSACTIONS_TABLE",
+    "UPSERT_TABLES",
     "VALUES_TABLE",
     "WAREHOUSE_CONN_NAME",
     "Dialect",
@@ -81,9 +113,11 @@ Dialect = Literal["sqlite", "postgres"]
 _TEXT = "TEXT"
 #: Exact decimal: ``NUMERIC`` on PostgreSQL, exact decimal text on SQLite.
 DECIMAL = "DECIMAL"
+#: A moment in UTC: ``TIMESTAMPTZ`` on PostgreSQL, UTC ISO 8601 text on SQLite.
+TIMESTAMP = "TIMESTAMP"
 _SQL_TYPES: Mapping[Dialect, Mapping[str, str]] = {
-    "sqlite": {DECIMAL: "TEXT"},
-    "postgres": {DECIMAL: "NUMERIC"},
+    "sqlite": {DECIMAL: "TEXT", TIMESTAMP: "TEXT"},
+    "postgres": {DECIMAL: "NUMERIC", TIMESTAMP: "TIMESTAMPTZ"},
 }
 
 PORTFOLIOS_TABLE = "coinstats_portfolios"
@@ -94,6 +128,9 @@ TRANSACTIONS_TABLE = "coinstats_portfolio_transactions"
 REMOVED_TABLE = "coinstats_portfolio_transactions_removed"
 #: Per portfolio: what the last transactions load did and where an incremental read resumes.
 SYNC_STATE_TABLE = "coinstats_transactions_sync_state"
+CHART_TABLE = "coinstats_portfolio_chart"
+DEFI_TABLE = "coinstats_portfolio_defi"
+SNAPSHOTS_TABLE = "coinstats_portfolio_snapshots"
 
 
 @dataclass(frozen=True)
@@ -249,20 +286,77 @@ TABLES: Mapping[str, TableSpec] = {
             ),
             ("portfolio_id",),
         ),
+        TableSpec(
+            CHART_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("chart_type", _TEXT),
+                ("ts", TIMESTAMP),
+                *_money("value_usd", "value_btc", "value_eth"),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "chart_type", "ts"),
+        ),
+        TableSpec(
+            DEFI_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("snapshot_date", "DATE"),
+                ("protocol_index", "INTEGER"),
+                ("investment_index", "INTEGER"),
+                ("asset_index", "INTEGER"),
+                ("protocol_id", _TEXT),
+                ("protocol_name", _TEXT),
+                ("chain", _TEXT),
+                ("blockchain_name", _TEXT),
+                ("wallet_address", _TEXT),
+                ("investment_id", _TEXT),
+                ("investment_name", _TEXT),
+                ("pool_address", _TEXT),
+                ("health_rate", DECIMAL),
+                ("asset_address", _TEXT),
+                ("asset_title", _TEXT),
+                ("coin_id", _TEXT),
+                ("symbol", _TEXT),
+                *_money("amount", "price_usd", "value_usd", "investment_value_usd"),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "snapshot_date", "protocol_index", "investment_index", "asset_index"),
+        ),
+        TableSpec(
+            SNAPSHOTS_TABLE,
+            (
+                ("portfolio_id", _TEXT),
+                ("snapshot_at", TIMESTAMP),
+                *_money("total_balance", "total_balance_change", "total_balance_percent_change"),
+                ("coin_count", "INTEGER"),
+                ("coin_balances_json", _TEXT),
+                ("loaded_at", _TEXT),
+            ),
+            ("portfolio_id", "snapshot_at"),
+        ),
     )
 }
 
 #: Tables replaced per ``(portfolio_id, snapshot_date)``.
-SNAPSHOT_TABLES: frozenset[str] = frozenset({VALUES_TABLE, COINS_TABLE})
+SNAPSHOT_TABLES: frozenset[str] = frozenset({VALUES_TABLE, COINS_TABLE, DEFI_TABLE})
+#: Histories upserted by primary key: a rerun rewrites the points it fetched and keeps the others.
+UPSERT_TABLES: frozenset[str] = frozenset({CHART_TABLE, SNAPSHOTS_TABLE})
 
 #: Dataset (what a load task extracts) -> the table it loads, in load order.
 DATASET_TABLES: Mapping[str, str] = {
     "value": VALUES_TABLE,
     "coins": COINS_TABLE,
     "transactions": TRANSACTIONS_TABLE,
+    "chart": CHART_TABLE,
+    "defi": DEFI_TABLE,
+    "snapshot": SNAPSHOTS_TABLE,
 }
 #: The datasets, in load order.
 DATASETS: tuple[str, ...] = tuple(DATASET_TABLES)
+#: The datasets a run loads unless it selects others; ``chart``, ``defi`` and ``snapshot`` are opt-in
+#: (``defi`` costs 400 and ``snapshot`` 500 credits per portfolio and run).
+DEFAULT_DATASETS: tuple[str, ...] = ("value", "coins", "transactions")
 
 #: The warehouse connection the loader and the DAGs use by default (SQLite or PostgreSQL).
 WAREHOUSE_CONN_NAME = "coinstats_warehouse"

@@ -346,6 +346,8 @@ def test_template_fields() -> None:
         "transactions_mode",
         "transactions_overlap_hours",
         "full_every_days",
+        "chart_type",
+        "portfolio_kind",
         "account",
     )
 

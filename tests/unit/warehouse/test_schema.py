@@ -13,9 +13,11 @@ from coinstats_provider.warehouse import schema
 from coinstats_provider.warehouse.schema import (
     DATASET_TABLES,
     DATASETS,
+    DEFAULT_DATASETS,
     SNAPSHOT_TABLES,
     TABLES,
     TRANSACTIONS_TABLE,
+    UPSERT_TABLES,
     spec,
 )
 from tests.conftest import ROOT
@@ -24,10 +26,12 @@ PACKAGE = ROOT / "plugins" / "coinstats_provider"
 
 
 def test_datasets_map_to_warehouse_tables_in_load_order() -> None:
-    assert DATASETS == ("value", "coins", "transactions")
+    assert DATASETS == ("value", "coins", "transactions", "chart", "defi", "snapshot")
+    assert DEFAULT_DATASETS == ("value", "coins", "transactions") == DATASETS[:3]
     assert tuple(DATASET_TABLES) == DATASETS
     assert set(DATASET_TABLES.values()) <= set(TABLES)
-    assert {DATASET_TABLES["value"], DATASET_TABLES["coins"]} == SNAPSHOT_TABLES
+    assert {DATASET_TABLES[d] for d in ("value", "coins", "defi")} == SNAPSHOT_TABLES
+    assert {DATASET_TABLES[d] for d in ("chart", "snapshot")} == UPSERT_TABLES
     assert DATASET_TABLES["transactions"] == TRANSACTIONS_TABLE
     # Every table starts with the portfolio it belongs to (loads and checks filter on it).
     assert all(table.columns[0] == ("portfolio_id", "TEXT") for table in TABLES.values())
