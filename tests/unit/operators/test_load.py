@@ -343,6 +343,7 @@ def test_template_fields() -> None:
         "warehouse_conn_id",
         "currency",
         "credit_budget",
+        "account",
     )
 
 

@@ -188,6 +188,7 @@ def test_template_fields() -> None:
         "poll_interval",
         "credit_budget",
         "deferrable",
+        "account",
     )
 
 
