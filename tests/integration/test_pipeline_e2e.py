@@ -300,10 +300,12 @@ def test_accounts_beyond_max_map_length_go_to_a_follow_up_run(
             select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc()).limit(1)
         ).one()
     assert follow_up.run_id != first.run_id
-    assert follow_up.conf["exchange_conn_ids"] == accounts[2:]
+    assert follow_up.conf["account_conn_ids"] == accounts[2:]
+    assert follow_up.conf["exchange_conn_ids"] == []
+    assert follow_up.conf["prune_removed_accounts"] is False  # it sees only part of the list
     assert follow_up.conf["datasets"] == ["value"]  # the other Params carry over
 
-    second = run(dag, follow_up.conf["exchange_conn_ids"], datasets=["value"])
+    second = run(dag, follow_up.conf["account_conn_ids"], datasets=["value"])
     assert second.state == "success", states(second)
     assert states(second)["continue_with_remaining_accounts"] == ["skipped"]
     assert len(warehouse_tables()["coinstats_portfolio_values"]) == 3

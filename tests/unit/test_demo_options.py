@@ -33,8 +33,10 @@ def test_the_demo_names_its_warehouse_file_and_a_query_that_runs_on_it(
     set_connection(monkeypatch, "coinstats_warehouse", conn_type="sqlite", host=str(path))
     warehouse = CoinStatsWarehouse()
     warehouse.ensure_schema()
-    warehouse.upsert_portfolio({"portfolio_id": "pf-1", "exchange_conn_id": "coinstats_exchange_binance"})
-    warehouse.upsert_portfolio({"portfolio_id": "pf-2", "exchange_conn_id": "coinstats_exchange_okx"})
+    for pid, account in (("pf-1", "coinstats_exchange_binance"), ("pf-2", "coinstats_exchange_okx")):
+        warehouse.upsert_portfolio(
+            {"portfolio_id": pid, "exchange_conn_id": account, "account_conn_id": account, "kind": "exchange"}
+        )
     for pid, value in (("pf-1", "9.5"), ("pf-2", "10.25")):
         warehouse.replace_snapshot(VALUES_TABLE, pid, date(2026, 3, 1), [{"currency": "USD", "total_value": value}])
     db = sqlite3.connect(path)
@@ -43,6 +45,6 @@ def test_the_demo_names_its_warehouse_file_and_a_query_that_runs_on_it(
     finally:
         db.close()
     assert rows == [
-        ("coinstats_exchange_okx", "2026-03-01", "10.25"),
-        ("coinstats_exchange_binance", "2026-03-01", "9.5"),
+        ("exchange", "coinstats_exchange_okx", "2026-03-01", "10.25"),
+        ("exchange", "coinstats_exchange_binance", "2026-03-01", "9.5"),
     ]

@@ -114,6 +114,8 @@ def test_credit_cost_table(method: str, path: str, params: dict[str, Any] | None
 def test_credit_cost_unknown_route() -> None:
     with pytest.raises(ValueError, match="CREDIT_COSTS"):
         credit_cost("PUT", "/portfolio/pf-1")
+    with pytest.raises(ValueError, match="CREDIT_COSTS"):
+        credit_cost("DELETE", "/portfolio/pf-1/coins")
     assert ("GET", "/usage/credits") in CREDIT_COSTS
 
 

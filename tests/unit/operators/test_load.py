@@ -346,9 +346,9 @@ def test_template_fields() -> None:
         "transactions_mode",
         "transactions_overlap_hours",
         "full_every_days",
+        "account",
         "chart_type",
         "portfolio_kind",
-        "account",
     )
 
 
