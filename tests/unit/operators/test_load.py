@@ -478,3 +478,19 @@ def test_snapshot_date_falls_back_to_today_utc(ctx: Any) -> None:
     before = dt.datetime.now(dt.UTC).date()
     day = snapshot_date(ctx)
     assert day in {before, dt.datetime.now(dt.UTC).date()}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"transactions_mode": "weekly"}, "transactions_mode 'weekly' is not one of full, incremental"),
+        ({"transactions_overlap_hours": "-2"}, "transactions_overlap_hours must be a number >= 0, got '-2'"),
+        ({"full_every_days": 0}, "full_every_days must be a number > 0, got '0'"),
+    ],
+)
+def test_bad_transactions_settings_fail_before_any_call(
+    coinstats_conn: Any, warehouse: Path, rsps: responses.RequestsMock, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(AirflowFailException, match=message):
+        run(dataset="transactions", **settings)
+    assert len(rsps.calls) == 0
