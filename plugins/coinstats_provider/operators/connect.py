@@ -22,6 +22,7 @@ from coinstats_provider.operators._common import (
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from coinstats_provider.hooks.coinstats import CoinStatsHook
@@ -88,6 +89,17 @@ class ConnectExchangePortfolioOperator(BaseOperator):
 
         return CoinStatsHook(self.coinstats_conn_id, **self.hook_params)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any] | None:
+        """OpenLineage: the exchange account (its exchange id, never a credential) in, the portfolio out.
+
+        :param task_instance: The finished task instance (unused).
+        """
+        if not hasattr(self, "_lineage_ids"):
+            return None
+        from coinstats_provider.openlineage import connect_lineage
+
+        return connect_lineage(self.hook.settings.base_url, *self._lineage_ids)
+
     def execute(self, context: Context) -> str:
         """Validate the account, connect it, push XComs and return the portfolioId."""
         ti = context["ti"]
@@ -127,6 +139,7 @@ class ConnectExchangePortfolioOperator(BaseOperator):
                 result.connection_id,
                 result.portfolio_id,
             )
+        self._lineage_ids = (result.connection_id, result.portfolio_id)  # reported to OpenLineage
         ti.xcom_push(key="connection_id", value=result.connection_id)
         ti.xcom_push(key="status", value=result.status.value)
         push_credits_spent(context, self.hook.credits_spent)
