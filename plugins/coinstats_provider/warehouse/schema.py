@@ -47,6 +47,7 @@ __all__ = [
     "DECIMAL",
     "PORTFOLIOS_TABLE",
     "REMOVED_TABLE",
+    "REPORT_TABLE",
     "SNAPSHOT_TABLES",
     "TABLES",
     "TRANSACTIONS_TABLE",
@@ -223,6 +224,10 @@ DATASET_TABLES: Mapping[str, str] = {
 }
 #: The datasets, in load order.
 DATASETS: tuple[str, ...] = tuple(DATASET_TABLES)
+
+#: The daily report built from the dataset tables by the DAG ``coinstats_portfolio_report`` (plain SQL in
+#: ``include/sql/coinstats_report/``; not created by the loader): one row per portfolio and snapshot date.
+REPORT_TABLE = "coinstats_portfolio_daily_report"
 
 #: The warehouse connection the loader and the DAGs use by default (SQLite or PostgreSQL).
 WAREHOUSE_CONN_NAME = "coinstats_warehouse"
