@@ -2,8 +2,9 @@
 
 Prepares a local Airflow home in ``.airflow/demo`` (metadata DB, the connections, variable and pool from
 ``airflow_settings.yaml``), starts the sandbox on 127.0.0.1:8765, runs ``airflow dags test`` twice and
-prints what each run did, then names the warehouse file and a query to try on it. Stops everything it
-started.
+prints what each run did. After each sync run it runs the downstream DAG ``coinstats_portfolio_report``
+(which a scheduler starts by itself from the sync's Asset events) and prints its table. Then it names the warehouse
+file and a query to try on it. Stops everything it started.
 
 ``--datasets chart,snapshot`` (``make demo DATASETS=chart,snapshot``) adds opt-in datasets to the default
 ``value``, ``coins``, ``transactions``; ``--datasets all`` selects every dataset. Without it the demo costs
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".airflow" / "demo"
 SANDBOX_PORT = int(os.environ.get("COINSTATS_SANDBOX_PORT", "8765"))
 DAG_ID = "coinstats_portfolio_sync"
+REPORT_DAG_ID = "coinstats_portfolio_report"
 
 os.environ.update(
     {
@@ -134,6 +136,61 @@ def warehouse_state() -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+def asset_events(dag_id: str) -> dict[str, int]:
+    """Asset events the newest run of ``dag_id`` emitted, per Asset name.
+
+    :param dag_id: The DAG whose newest run is read.
+    """
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        run_id = session.scalar(
+            select(DagRun.run_id).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(1)
+        )
+        rows = session.execute(
+            select(AssetModel.name, func.count())
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+            .group_by(AssetModel.name)
+        ).all()
+    return {str(name): int(count) for name, count in rows}
+
+
+def report_table() -> list[tuple[Any, ...]]:
+    """Every row of the daily report table, by portfolio and date."""
+    from coinstats_provider.warehouse.loader import CoinStatsWarehouse
+    from coinstats_provider.warehouse.schema import REPORT_TABLE
+
+    columns = "portfolio_id, report_date, currency, total_value, value_change, coin_count, transaction_count"
+    conn = CoinStatsWarehouse("coinstats_warehouse").hook.get_conn()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT {columns} FROM {REPORT_TABLE} ORDER BY portfolio_id, report_date")  # noqa: S608
+        return [tuple(row) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def run_report(attempt: int) -> list[tuple[Any, ...]]:
+    """Run the report DAG after a sync run and print its table.
+
+    :param attempt: The sync run it follows (for the log file name).
+    """
+    events = asset_events(DAG_ID)
+    print(f"asset events of the sync run: {json.dumps(events)}; they schedule {REPORT_DAG_ID}")
+    step(f"run {attempt}: airflow dags test {REPORT_DAG_ID}")
+    run([str(BIN / "airflow"), "dags", "test", REPORT_DAG_ID], HOME / f"report-{attempt}.log")
+    rows = report_table()
+    print(f"{'portfolio':<26} {'date':<10} {'cur':<4} {'total value':>16} {'change':>12} {'coins':>5} {'txns':>5}")
+    for pid, day, currency, total, change, coins, txns in rows:
+        shown = "-" if change is None else str(change)
+        print(f"{pid:<26} {day!s:<10} {currency or '':<4} {total!s:>16} {shown:>12} {coins:>5} {txns:>5}")
+    return rows
+
+
 def demo_conf(datasets: str | None) -> dict[str, Any]:
     """The run conf: fast polls, plus the datasets ``--datasets`` names (added to the default ones).
 
@@ -195,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from coinstats_provider.pipeline import format_summary
 
     states = []
+    reports = []
     try:
         for attempt in (1, 2):
             before = sandbox_credits()
@@ -209,10 +267,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"log: {HOME / f'run-{attempt}.log'}"
             )
             states.append(warehouse_state())
+            reports.append(run_report(attempt))
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
     identical = states[0] == states[1]
+    print(f"report after run 2 identical to after run 1: {'yes' if reports[0] == reports[1] else 'NO'}")
+    identical = identical and reports[0] == reports[1]
     for table in compared_tables():
         if states[0][table] != states[1][table]:
             changed = len(set(states[0][table]) ^ set(states[1][table]))

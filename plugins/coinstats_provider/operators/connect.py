@@ -22,6 +22,7 @@ from coinstats_provider.operators._common import (
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from coinstats_provider.hooks.coinstats import CoinStatsHook
@@ -50,6 +51,8 @@ class _ConnectPortfolioOperator(BaseOperator):
     operator_extra_links = (CoinStatsPortfolioLink(),)
     #: How messages name the account, e.g. ``exchange connection``.
     account_kind = "account"
+    #: What the account is in OpenLineage dataset names (``exchange/<id>``, ``blockchain/<id>``).
+    lineage_source = "exchange"
     #: Names mapped tasks by their account connection instead of 0, 1, 2.
     default_map_index_template = "{{ task.account_conn_id }}"
 
@@ -89,6 +92,17 @@ class _ConnectPortfolioOperator(BaseOperator):
         """Read and validate the account, connect it; return the result and how logs name the account."""
         raise NotImplementedError
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any] | None:
+        """OpenLineage: the account (exchange or blockchain id, never a credential or address) in, the portfolio out.
+
+        :param task_instance: The finished task instance (unused).
+        """
+        if not hasattr(self, "_lineage_ids"):
+            return None
+        from coinstats_provider.openlineage import connect_lineage
+
+        return connect_lineage(self.hook.settings.base_url, *self._lineage_ids, source=self.lineage_source)
+
     def execute(self, context: Context) -> str:
         """Validate the account, connect it, push XComs and return the portfolioId."""
         ti = context["ti"]
@@ -119,6 +133,7 @@ class _ConnectPortfolioOperator(BaseOperator):
                 shown,
                 result.portfolio_id,
             )
+        self._lineage_ids = (result.connection_id, result.portfolio_id)  # reported to OpenLineage
         ti.xcom_push(key="connection_id", value=result.connection_id)
         ti.xcom_push(key="status", value=result.status.value)
         push_credits_spent(context, self.hook.credits_spent)
@@ -197,6 +212,7 @@ class ConnectWalletPortfolioOperator(_ConnectPortfolioOperator):
     )
     ui_color = "#f6d776"
     account_kind = "wallet connection"
+    lineage_source = "blockchain"
     default_map_index_template = WALLET_MAP_INDEX_TEMPLATE
 
     def __init__(self, *, wallet_conn_id: str, **kwargs: Any) -> None:

@@ -29,6 +29,7 @@ from coinstats_provider.operators._common import (
 from coinstats_provider.warehouse.schema import DATASET_TABLES, DATASETS, WAREHOUSE_CONN_NAME
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
     from airflow.sdk.types import Logger
 
@@ -264,6 +265,16 @@ class LoadPortfolioOperator(BaseOperator):
         chosen = selected_datasets(self.datasets, self.task_id)
         return chosen is None or self.dataset in chosen
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
+        """OpenLineage: the portfolio's CoinStats dataset in, its warehouse table out (schema, rows written).
+
+        :param task_instance: The finished task instance (unused).
+        """
+        from coinstats_provider.openlineage import load_lineage
+
+        rows = getattr(self, "_lineage_rows", None)
+        return load_lineage(self.hook.settings.base_url, self.portfolio_id, self.dataset, self.warehouse_conn_id, rows)
+
     def execute(self, context: Context) -> dict[str, Any]:
         """Extract and load; log progress and credits; return a small summary."""
         if self.dataset not in DATASETS:
@@ -306,6 +317,7 @@ class LoadPortfolioOperator(BaseOperator):
         table = TABLES[self.dataset]
         if self.dataset == "chart":
             self.log.info("Chart type %s of portfolio %s: %d points upserted", self.chart_type, self.portfolio_id, rows)
+        self._lineage_rows = rows  # reported to OpenLineage as the rows written
         self.log.info(
             "Loaded %d %s rows of portfolio %s into %s (snapshot %s)", rows, self.dataset, self.portfolio_id, table, day
         )

@@ -26,6 +26,7 @@ from coinstats_provider.operators._common import (
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from coinstats_provider.credits import CreditMeter
@@ -158,6 +159,15 @@ class SyncPortfolioOperator(BaseOperator):
                 f"Task {self.task_id}: sync_timeout and poll_interval must be positive, finite seconds."
             )
         return timeout, interval
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage[Any, Any]:
+        """OpenLineage: the portfolio in, its datasets (value, coins, transactions) refreshed out.
+
+        :param task_instance: The finished task instance (unused).
+        """
+        from coinstats_provider.openlineage import sync_lineage
+
+        return sync_lineage(self.hook.settings.base_url, self.portfolio_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Start the sync (or take over the one an earlier try started), then defer (or poll) until ``synced``.

@@ -94,6 +94,7 @@ __all__ = [
     "DEFI_TABLE",
     "PORTFOLIOS_TABLE",
     "REMOVED_TABLE",
+    "REPORT_TABLE",
     "SNAPSHOTS_TABLE",
     "SNAPSHOT_TABLES",
     "SYNC_STATE_TABLE",
@@ -357,6 +358,10 @@ DATASETS: tuple[str, ...] = tuple(DATASET_TABLES)
 #: The datasets a run loads unless it selects others; ``chart``, ``defi`` and ``snapshot`` are opt-in
 #: (``defi`` costs 400 and ``snapshot`` 500 credits per portfolio and run).
 DEFAULT_DATASETS: tuple[str, ...] = ("value", "coins", "transactions")
+
+#: The daily report built from the dataset tables by the DAG ``coinstats_portfolio_report`` (plain SQL in
+#: ``include/sql/coinstats_report/``; not created by the loader): one row per portfolio and snapshot date.
+REPORT_TABLE = "coinstats_portfolio_daily_report"
 
 #: The warehouse connection the loader and the DAGs use by default (SQLite or PostgreSQL).
 WAREHOUSE_CONN_NAME = "coinstats_warehouse"
