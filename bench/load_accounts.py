@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,6 +57,7 @@ for _path in (str(ROOT / "plugins"), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import httpx  # noqa: E402
 import psycopg2  # noqa: E402
 
 from bench._common import machine_info, print_machine, table  # noqa: E402
@@ -349,6 +351,7 @@ class Samples:
     count: int = 0
     max: dict[str, int] = field(default_factory=dict)
     ti_running_max: int = 0
+    timeouts: int = 0
 
     def add(self, pool: Mapping[str, Any]) -> None:
         self.count += 1
@@ -366,8 +369,12 @@ def run_once(
     run_id = run["dag_run_id"]
     while True:
         stack.check_alive()
-        samples.add(stack.api("GET", f"/pools/{POOL}"))
-        run = dict(stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+        try:
+            samples.add(stack.api("GET", f"/pools/{POOL}"))
+            run = dict(stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+        except httpx.TimeoutException:  # an overloaded machine: the api-server answers late, ask again
+            samples.timeouts += 1
+            continue
         if run["state"] in TERMINAL:
             return run, time.monotonic() - started, samples, True
         if time.monotonic() >= deadline:
@@ -416,9 +423,9 @@ def expected_portfolio(
     assert exchange is not None
     coin_count = coins if coins is not None else sandbox_data.default_coin_count(pid)
     spec = sandbox_data.PortfolioSpec(pid, coin_count, transactions, account.name, exchange.icon)
-    items = list(_all_pages(lambda page: sandbox_data.coin_items(spec, page, PAGE_SIZE)))
-    txs = list(_all_pages(lambda page: sandbox_data.transaction_items(spec, page, PAGE_SIZE, CURRENCY)))
-    value = value_row(pid, day, CURRENCY, sandbox_data.portfolio_value(spec, CURRENCY))
+    items = as_served(_all_pages(lambda page: sandbox_data.coin_items(spec, page, PAGE_SIZE)))
+    txs = as_served(_all_pages(lambda page: sandbox_data.transaction_items(spec, page, PAGE_SIZE, CURRENCY)))
+    value = value_row(pid, day, CURRENCY, as_served(sandbox_data.portfolio_value(spec, CURRENCY)))
     return {
         "value": tuple(value[c] for c in VALUE_COLUMNS),
         "coins": sorted(tuple(row[c] for c in COIN_COLUMNS) for row in coin_rows(pid, day, items)),
@@ -426,6 +433,13 @@ def expected_portfolio(
             tuple(row[c] for c in TX_COLUMNS) for row in transaction_rows(pid, txs, TransactionKeyer())
         ),
     }
+
+
+def as_served(payload: Any) -> Any:
+    """The sandbox's generated data as the hook sees it: sent as JSON, decoded with exact decimals."""
+    if isinstance(payload, Iterator):
+        payload = list(payload)
+    return json.loads(json.dumps(payload), parse_float=Decimal)
 
 
 def _all_pages(fetch: Any) -> Iterator[dict[str, Any]]:
@@ -793,6 +807,7 @@ def collect(
                 (label, round(a - t0, 2), round(b - t0, 2)) for label, a, b in intervals.labelled
             ),
             "samples": samples.count,
+            "sample_timeouts": samples.timeouts,
         },
     }
     busy = sum(b - a for a, b in intervals.intervals)
