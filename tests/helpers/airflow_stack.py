@@ -289,7 +289,7 @@ class AirflowStack:
             self._spawn(component)
         for worker in self.workers:
             self._spawn_worker(worker)
-        self._client = httpx.Client(base_url=self.base_url, timeout=30, trust_env=False)
+        self._client = httpx.Client(base_url=self.base_url, timeout=120, trust_env=False)
         wait_until(
             "the api-server and all components to report healthy",
             self._healthy,
