@@ -28,6 +28,11 @@ Reported afterwards:
 
 ``python -m bench.load_accounts --accounts 100 --pool-slots 4 --latency-ms 50 --transactions 300 --json out.json``
 
+``--executor celery`` runs the same on CeleryExecutor (Redis broker, two workers; see the harness).
+``--dag floor`` runs Airflow's floor instead (``bench/coinstats_load_floor.py``: the same shape, tasks
+that do nothing); ``--dag both`` runs the floor, then ours, back to back on one stack and reports our run
+as a ratio to the floor.
+
 Everything the script starts (PostgreSQL, the four Airflow components and their task processes, the
 sandbox) is stopped when it ends, also on Ctrl-C / SIGTERM and when ``--max-wall`` runs out.
 """

@@ -16,12 +16,14 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", choices=(*DATASETS, "none"), help=argparse.SUPPRESS)
     parser.add_argument("--portfolio", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # stop the servers on `timeout` / kill too
     if args.child:
         print(json.dumps(child(args.child, args.portfolio)))
         return 0
@@ -141,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.tries):  # interleaved, so a change in the machine's load hits every kind alike
             for dataset in ("none", *DATASETS):
                 results.setdefault(dataset, []).append(run_child(env, dataset, portfolio_id))
+                print(f"{dataset}: {json.dumps({k: round(v, 3) for k, v in results[dataset][-1].items()})}", flush=True)
     rows = []
     for dataset, tries in results.items():
         cells = [_median(tries, phase) for phase in PHASES]
@@ -149,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(("load of", *PHASES, "process wall"), rows))
     print(json.dumps({"args": vars(args), "machine": info, "results": results}, default=str))
     return 0
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _median(tries: Sequence[dict[str, float]], key: str) -> float:
