@@ -28,6 +28,11 @@ Reported afterwards:
 
 ``python -m bench.load_accounts --accounts 100 --pool-slots 4 --latency-ms 50 --transactions 300 --json out.json``
 
+``--executor celery`` runs the same on CeleryExecutor (Redis broker, two workers; see the harness).
+``--dag floor`` runs Airflow's floor instead (``bench/coinstats_load_floor.py``: the same shape, tasks
+that do nothing); ``--dag both`` runs the floor, then ours, back to back on one stack and reports our run
+as a ratio to the floor.
+
 Everything the script starts (PostgreSQL, the four Airflow components and their task processes, the
 sandbox) is stopped when it ends, also on Ctrl-C / SIGTERM and when ``--max-wall`` runs out.
 """
@@ -47,6 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,6 +62,7 @@ for _path in (str(ROOT / "plugins"), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import httpx  # noqa: E402
 import psycopg2  # noqa: E402
 
 from bench._common import machine_info, print_machine, table  # noqa: E402
@@ -63,8 +70,12 @@ from coinstats_provider.warehouse.transform import TransactionKeyer, coin_rows, 
 from include.coinstats_sandbox import data as sandbox_data  # noqa: E402
 from tests.helpers.airflow_stack import DAG_ID, AirflowStack, StackError  # noqa: E402
 from tests.helpers.postgres_server import PostgresServer  # noqa: E402
+from tests.helpers.redis_server import RedisServer  # noqa: E402
 
 POOL = "coinstats_api"
+#: Airflow's floor: a DAG of the same shape whose tasks do nothing (deployed beside dags/ on demand).
+FLOOR_DAG = Path(__file__).resolve().parent / "coinstats_load_floor.py"
+FLOOR_DAG_ID = FLOOR_DAG.stem
 EXCHANGES = ("binance", "okx", "kraken")
 PAGE_SIZE = 100  # the load operator's default page size
 CURRENCY = "USD"
@@ -175,9 +186,9 @@ def make_accounts(count: int) -> list[Account]:
 # -- REST helpers --------------------------------------------------------------------------------
 
 
-def all_task_instances(stack: AirflowStack, run_id: str) -> list[dict[str, Any]]:
+def all_task_instances(stack: AirflowStack, run_id: str, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
     """Every task instance of a run, paged (the API caps ``limit`` at ``[api] maximum_page_limit``)."""
-    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
     items: list[dict[str, Any]] = []
     while True:
         body = stack.api("GET", path, params={"limit": 100, "offset": len(items), "order_by": "id"})
@@ -194,11 +205,11 @@ def ts(value: str | None) -> float | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def log_lines(stack: AirflowStack, run_id: str, ti: Mapping[str, Any]) -> list[dict[str, Any]]:
+def log_lines(stack: AirflowStack, run_id: str, ti: Mapping[str, Any], dag_id: str = DAG_ID) -> list[dict[str, Any]]:
     """The structured log of a task instance's (last) try, as the REST API serves it."""
     body = stack.api(
         "GET",
-        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}",
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}",
         params={"map_index": ti["map_index"], "full_content": "true"},
         headers={"Accept": "application/json"},
     )
@@ -281,13 +292,15 @@ class PoolIntervals:
     deferred_uncut: list[str] = field(default_factory=list)
 
 
-def pool_intervals(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]]) -> PoolIntervals:
+def pool_intervals(
+    stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]], dag_id: str = DAG_ID
+) -> PoolIntervals:
     """Intervals during which each try of each pool task instance was running on a worker.
 
     Earlier tries of retried task instances come from ``GET .../tries`` (TaskInstanceHistory), or from
     their logs when that has no row for them.
     """
-    base = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+    base = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
     out = PoolIntervals()
     for ti in tis:
         if ti.get("pool") != POOL or ti.get("state") == "skipped":
@@ -301,7 +314,7 @@ def pool_intervals(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, 
             # A try the scheduler failed while it was queued has no TaskInstanceHistory row: take its
             # times from its log (first to last worker line).
             try:
-                lines = log_lines(stack, run_id, {**ti, "try_number": missing})
+                lines = log_lines(stack, run_id, {**ti, "try_number": missing}, dag_id)
             except StackError:  # neither a history row nor a log: the try never reached a worker
                 out.tries_without_trace.append(f"{ti['task_id']}[{ti['map_index']}] try {missing}")
                 continue
@@ -320,7 +333,7 @@ def pool_intervals(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, 
             out.naive.append((start, end))
             label = f"{ti['task_id']}[{ti['map_index']}] try {attempt['try_number']}"
             if ti["task_id"] == SYNC_TASK:
-                lines = log_lines(stack, run_id, {**ti, "try_number": attempt["try_number"]})
+                lines = log_lines(stack, run_id, {**ti, "try_number": attempt["try_number"]}, dag_id)
                 pieces, cut = worker_segments(lines, start, end)
                 if cut:
                     out.deferred_cut += 1
@@ -343,6 +356,7 @@ class Samples:
     count: int = 0
     max: dict[str, int] = field(default_factory=dict)
     ti_running_max: int = 0
+    timeouts: int = 0
 
     def add(self, pool: Mapping[str, Any]) -> None:
         self.count += 1
@@ -351,17 +365,21 @@ class Samples:
 
 
 def run_once(
-    stack: AirflowStack, conf: Mapping[str, Any], deadline: float, interval: float
+    stack: AirflowStack, conf: Mapping[str, Any], deadline: float, interval: float, dag_id: str = DAG_ID
 ) -> tuple[dict[str, Any], float, Samples, bool]:
     """Trigger the DAG, sample the pool until the run ends (or ``deadline``); (run, wall s, samples, finished)."""
     samples = Samples()
     started = time.monotonic()
-    run = stack.trigger(conf)
+    run = stack.trigger(conf, dag_id=dag_id)
     run_id = run["dag_run_id"]
     while True:
         stack.check_alive()
-        samples.add(stack.api("GET", f"/pools/{POOL}"))
-        run = dict(stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}"))
+        try:
+            samples.add(stack.api("GET", f"/pools/{POOL}"))
+            run = dict(stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+        except httpx.TimeoutException:  # an overloaded machine: the api-server answers late, ask again
+            samples.timeouts += 1
+            continue
         if run["state"] in TERMINAL:
             return run, time.monotonic() - started, samples, True
         if time.monotonic() >= deadline:
@@ -410,9 +428,9 @@ def expected_portfolio(
     assert exchange is not None
     coin_count = coins if coins is not None else sandbox_data.default_coin_count(pid)
     spec = sandbox_data.PortfolioSpec(pid, coin_count, transactions, account.name, exchange.icon)
-    items = list(_all_pages(lambda page: sandbox_data.coin_items(spec, page, PAGE_SIZE)))
-    txs = list(_all_pages(lambda page: sandbox_data.transaction_items(spec, page, PAGE_SIZE, CURRENCY)))
-    value = value_row(pid, day, CURRENCY, sandbox_data.portfolio_value(spec, CURRENCY))
+    items = as_served(_all_pages(lambda page: sandbox_data.coin_items(spec, page, PAGE_SIZE)))
+    txs = as_served(_all_pages(lambda page: sandbox_data.transaction_items(spec, page, PAGE_SIZE, CURRENCY)))
+    value = value_row(pid, day, CURRENCY, as_served(sandbox_data.portfolio_value(spec, CURRENCY)))
     return {
         "value": tuple(value[c] for c in VALUE_COLUMNS),
         "coins": sorted(tuple(row[c] for c in COIN_COLUMNS) for row in coin_rows(pid, day, items)),
@@ -420,6 +438,13 @@ def expected_portfolio(
             tuple(row[c] for c in TX_COLUMNS) for row in transaction_rows(pid, txs, TransactionKeyer())
         ),
     }
+
+
+def as_served(payload: Any) -> Any:
+    """The sandbox's generated data as the hook sees it: sent as JSON, decoded with exact decimals."""
+    if isinstance(payload, Iterator):
+        payload = list(payload)
+    return json.loads(json.dumps(payload), parse_float=Decimal)
 
 
 def _all_pages(fetch: Any) -> Iterator[dict[str, Any]]:
@@ -430,6 +455,15 @@ def _all_pages(fetch: Any) -> Iterator[dict[str, Any]]:
         if len(items) < PAGE_SIZE:
             return
         page += 1
+
+
+def first_difference(got: Sequence[tuple[Any, ...]], want: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> str:
+    """The first differing column of the first differing row, as ``column: got != want``."""
+    for row_got, row_want in zip(got, want, strict=False):
+        for column, a, b in zip(columns, row_got, row_want, strict=True):
+            if a != b:
+                return f"{column}: {str(a)[:160]!r} != {str(b)[:160]!r}"
+    return "row counts"
 
 
 def verify_isolation(
@@ -498,7 +532,8 @@ def verify_isolation(
             problems.append(f"{account.conn_id}: coins {len(got_coins)} vs {len(want['coins'])} ({what} differ)")
         if got_txs != want["transactions"]:
             problems.append(
-                f"{account.conn_id}: transactions {len(got_txs)} vs {len(want['transactions'])} (content differs)"
+                f"{account.conn_id}: transactions {len(got_txs)} vs {len(want['transactions'])} (content differs: "
+                f"{first_difference(got_txs, want['transactions'], TX_COLUMNS)})"
             )
         per_portfolio_counts.append(
             {
@@ -541,10 +576,101 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-wall", type=float, default=900.0, help="hard limit for the whole script (s)")
     parser.add_argument("--sample-interval", type=float, default=2.0, help="s between pool samples")
     parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    parser.add_argument(
+        "--executor", choices=("local", "celery"), default="local", help="LocalExecutor, or CeleryExecutor + 2 workers"
+    )
+    parser.add_argument("--worker-concurrency", type=int, default=4, help="task slots of each Celery worker")
+    parser.add_argument(
+        "--dag",
+        choices=("ours", "floor", "both"),
+        default="ours",
+        help="the real DAG, Airflow's floor (same shape, tasks do nothing), or the floor then ours on one stack",
+    )
     args = parser.parse_args(argv)
     if args.accounts < 1 or args.pool_slots < 1:
         parser.error("--accounts and --pool-slots must be at least 1")
     return args
+
+
+def setup_stack(stack: AirflowStack, accounts: Sequence[Account], pool_slots: int) -> None:
+    """Create the accounts' connections and size the pool, through the REST API."""
+    for account in accounts:
+        stack.api("POST", "/connections", expect=201, json=account.connection_body())
+    current = stack.api("GET", f"/pools/{POOL}")
+    body = {
+        "pool": POOL,
+        "slots": pool_slots,
+        "description": current.get("description"),
+        "include_deferred": bool(current.get("include_deferred")),
+    }
+    pool = stack.api("PATCH", f"/pools/{POOL}", json=body)
+    assert int(pool["slots"]) == pool_slots, pool
+    print(f"{len(accounts)} connections created, pool {POOL} = {pool['slots']} slots")
+
+
+def measure(
+    stack: AirflowStack, args: argparse.Namespace, accounts: Sequence[Account], dag_id: str, deadline: float
+) -> dict[str, Any]:
+    """Trigger one run of ``dag_id`` over the accounts and measure it (isolation only for the real DAG)."""
+    before = stack.sandbox.stats() if stack.sandbox else {}
+    conf = {"exchange_conn_ids": [a.conn_id for a in accounts], "sync_poll_seconds": args.poll_seconds}
+    load_before = os.getloadavg()
+    print(f"running {dag_id} ...")
+    run, wall, samples, finished = run_once(stack, conf, deadline, args.sample_interval, dag_id)
+    load_after = os.getloadavg()
+    run_id = run["dag_run_id"]
+    if not finished:
+        print(f"run {run_id} did not finish within the time left ({wall:.0f} s); marking it failed")
+        with contextlib.suppress(StackError):
+            stack.finish_run(run_id, dag_id=dag_id, timeout=60)
+        run = dict(stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}"))
+    after = stack.sandbox.stats() if stack.sandbox else {}
+    tis = all_task_instances(stack, run_id, dag_id)
+    result: dict[str, Any] = {
+        "run": {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "state": run["state"],
+            "finished_in_time": finished,
+            "wall_s": round(wall, 1),
+            "run_start_end_s": _span(run.get("start_date"), run.get("end_date")),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        }
+    }
+    result.update(collect(stack, args, run, tis, before, after, samples, dag_id))
+    ideal = result["ideal"]
+    for key in ("pool_calls", "all_calls"):
+        seconds = ideal[f"ideal_{key}_s"]
+        ideal[f"ratio_wall_over_ideal_{key}"] = round(wall / seconds, 1) if seconds else None
+    try:
+        result["failures"] = failures(stack, run_id, tis, dag_id)
+    except (StackError, KeyError, TypeError, ValueError) as err:
+        result["failures"] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+    if dag_id == DAG_ID:
+        print("verifying the warehouse against the sandbox's data ...")
+        result["isolation"] = verify_isolation(stack, accounts, args.transactions, args.coins)
+        if run["state"] != "success":
+            result["isolation"]["ok"] = False
+            result["isolation"]["problems"].insert(0, f"the run ended {run['state']}: the warehouse is partial")
+    return result
+
+
+def versus_floor(ours: Mapping[str, Any], floor: Mapping[str, Any]) -> dict[str, Any]:
+    """Our run as a ratio to Airflow's floor: wall time, worker executions and pool slot-seconds."""
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(float(a) / float(b), 2) if a and b else None
+
+    return {
+        "wall_s": [ours["run"]["wall_s"], floor["run"]["wall_s"]],
+        "wall_ratio": ratio(ours["run"]["wall_s"], floor["run"]["wall_s"]),
+        "worker_executions": [ours["tasks"]["worker_executions"], floor["tasks"]["worker_executions"]],
+        "pool_busy_slot_s": [ours["ideal"]["pool_busy_slot_s"], floor["ideal"]["pool_busy_slot_s"]],
+        "pool_busy_ratio": ratio(ours["ideal"]["pool_busy_slot_s"], floor["ideal"]["pool_busy_slot_s"]),
+        "per_execution_s": [ours["ideal"]["pool_busy_per_execution_s"], floor["ideal"]["pool_busy_per_execution_s"]],
+        "phases": {"ours": ours["tasks"]["phases"], "floor": floor["tasks"]["phases"]},
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -562,66 +688,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     result["machine"] = info
-    with PostgresServer() as pg, AirflowStack(pg, sandbox_config=sandbox_config, startup_timeout=300) as stack:
+    dags = {"ours": [DAG_ID], "floor": [FLOOR_DAG_ID], "both": [FLOOR_DAG_ID, DAG_ID]}[args.dag]
+    with contextlib.ExitStack() as resources:
+        pg = resources.enter_context(PostgresServer())
+        redis = resources.enter_context(RedisServer()) if args.executor == "celery" else None
+        stack = AirflowStack(
+            pg,
+            sandbox_config=sandbox_config,
+            startup_timeout=300,
+            executor="CeleryExecutor" if args.executor == "celery" else "LocalExecutor",
+            redis=redis,
+            worker_concurrency=args.worker_concurrency,
+            extra_dags=[FLOOR_DAG] if FLOOR_DAG_ID in dags else [],
+        )
+        resources.enter_context(stack)
         result["startup_s"] = round(time.monotonic() - began, 1)
         print(f"stack up in {result['startup_s']} s (api-server {stack.base_url}, sandbox {stack.sandbox_url})")
-        for account in accounts:
-            stack.api("POST", "/connections", expect=201, json=account.connection_body())
-        current = stack.api("GET", f"/pools/{POOL}")
-        body = {
-            "pool": POOL,
-            "slots": args.pool_slots,
-            "description": current.get("description"),
-            "include_deferred": bool(current.get("include_deferred")),
-        }
-        pool = stack.api("PATCH", f"/pools/{POOL}", json=body)
-        assert int(pool["slots"]) == args.pool_slots, pool
-        print(f"{len(accounts)} connections created, pool {POOL} = {pool['slots']} slots")
-        before = stack.sandbox.stats() if stack.sandbox else {}
-
-        conf = {"exchange_conn_ids": [a.conn_id for a in accounts], "sync_poll_seconds": args.poll_seconds}
+        setup_stack(stack, accounts, args.pool_slots)
         deadline = began + args.max_wall - RESERVE_S
-        load_before = os.getloadavg()
-        run, wall, samples, finished = run_once(stack, conf, deadline, args.sample_interval)
-        load_after = os.getloadavg()
-        run_id = run["dag_run_id"]
-        if not finished:
-            print(f"run {run_id} did not finish within the time left ({wall:.0f} s); marking it failed")
-            with contextlib.suppress(StackError):
-                stack.finish_run(run_id, timeout=60)
-            run = dict(stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}"))
-        after = stack.sandbox.stats() if stack.sandbox else {}
-        tis = all_task_instances(stack, run_id)
-        result["run"] = {
-            "run_id": run_id,
-            "state": run["state"],
-            "finished_in_time": finished,
-            "wall_s": round(wall, 1),
-            "run_start_end_s": _span(run.get("start_date"), run.get("end_date")),
-            "loadavg_before": load_before,
-            "loadavg_after": load_after,
-        }
-        result.update(collect(stack, args, run, tis, before, after, samples))
-        ideal = result["ideal"]
-        for key in ("pool_calls", "all_calls"):
-            seconds = ideal[f"ideal_{key}_s"]
-            ideal[f"ratio_wall_over_ideal_{key}"] = round(wall / seconds, 1) if seconds else None
-        try:
-            result["failures"] = failures(stack, run_id, tis)
-        except (StackError, KeyError, TypeError, ValueError) as err:
-            result["failures"] = {"error": f"{type(err).__name__}: {err}"[:2000]}
-        print("verifying the warehouse against the sandbox's data ...")
-        result["isolation"] = verify_isolation(stack, accounts, args.transactions, args.coins)
-        if run["state"] != "success":
-            result["isolation"]["ok"] = False
-            result["isolation"]["problems"].insert(0, f"the run ended {run['state']}: the warehouse is partial")
+        runs = {dag_id: measure(stack, args, accounts, dag_id, deadline) for dag_id in dags}
+    if DAG_ID in runs:
+        result.update(runs[DAG_ID])
+    if FLOOR_DAG_ID in runs:
+        if DAG_ID in runs:
+            result["floor"] = runs[FLOOR_DAG_ID]
+            result["versus_floor"] = versus_floor(runs[DAG_ID], runs[FLOOR_DAG_ID])
+        else:
+            result.update(runs[FLOOR_DAG_ID])
     result["total_script_s"] = round(time.monotonic() - began, 1)
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
         print(f"wrote {args.json}")
-    ok = result["run"]["state"] == "success" and result["isolation"]["ok"] and result["concurrency"]["within_pool"]
-    return 0 if ok else 1
+    ok = all(r["run"]["state"] == "success" and r["concurrency"]["within_pool"] for r in runs.values())
+    return 0 if ok and (DAG_ID not in runs or result["isolation"]["ok"]) else 1
 
 
 def _span(start: str | None, end: str | None) -> float | None:
@@ -637,13 +737,14 @@ def collect(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
     samples: Samples,
+    dag_id: str = DAG_ID,
 ) -> dict[str, Any]:
     """Tasks, requests, credits, concurrency and the ideal time of one run."""
     run_id = run["dag_run_id"]
     states = Counter(str(ti["state"]) for ti in tis)
     by_task = Counter(str(ti["task_id"]) for ti in tis)
     pool_tis = [ti for ti in tis if ti.get("pool") == POOL]
-    intervals = pool_intervals(stack, run_id, tis)
+    intervals = pool_intervals(stack, run_id, tis, dag_id)
     overlap, overlap_at = max_overlap(intervals.intervals)
     naive_overlap, _ = max_overlap(intervals.naive)
     ran = [ti for ti in tis if ti.get("start_date")]
@@ -660,7 +761,7 @@ def collect(
     credits_sandbox = int(after.get("credits_used", 0)) - int(before.get("credits_used", 0))
 
     summary_credits: int | None = None
-    if run["state"] == "success":
+    if run["state"] == "success" and dag_id == DAG_ID:
         with contextlib.suppress(StackError, KeyError, TypeError):
             summary_credits = int(xcom_value(stack, run_id, "summary")["total_credits"])
     t0 = ts(run.get("start_date")) or 0.0
@@ -674,6 +775,8 @@ def collect(
             "pool_task_tries": intervals.tries,
             "deferred_tries": intervals.deferred_cut,
             "retries": sum(max(0, int(ti["try_number"]) - 1) for ti in ran),
+            # Which worker ran each task instance's last try (one host on LocalExecutor).
+            "by_hostname": dict(Counter(str(ti.get("hostname")) for ti in ran)),
             "phases": phase_spans(tis, t0),
         },
         "requests": {
@@ -709,6 +812,7 @@ def collect(
                 (label, round(a - t0, 2), round(b - t0, 2)) for label, a, b in intervals.labelled
             ),
             "samples": samples.count,
+            "sample_timeouts": samples.timeouts,
         },
     }
     busy = sum(b - a for a, b in intervals.intervals)
@@ -727,9 +831,11 @@ def collect(
     return out
 
 
-def failures(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def failures(
+    stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]], dag_id: str = DAG_ID
+) -> dict[str, Any]:
     """Why task instances retried or failed: every try of each, its error lines, and the run's event log."""
-    base = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
+    base = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
     troubled = [ti for ti in tis if int(ti.get("try_number") or 0) > 1 or ti["state"] not in ("success", "skipped")]
     tries: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
@@ -748,7 +854,7 @@ def failures(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]])
             }
             if attempt["state"] != "success":
                 with contextlib.suppress(StackError):
-                    lines = log_lines(stack, run_id, {**ti, "try_number": attempt["try_number"]})
+                    lines = log_lines(stack, run_id, {**ti, "try_number": attempt["try_number"]}, dag_id)
                     errors = [
                         f"{line.get('timestamp')} {line.get('level')} {str(line.get('event'))[:300]}"
                         + (f" {str(line.get('error_detail'))[:400]}" if line.get("error_detail") else "")
@@ -765,7 +871,7 @@ def failures(stack: AirflowStack, run_id: str, tis: Sequence[Mapping[str, Any]])
     offset = 0
     while True:
         body = stack.api(
-            "GET", "/eventLogs", params={"dag_id": DAG_ID, "run_id": run_id, "limit": 100, "offset": offset}
+            "GET", "/eventLogs", params={"dag_id": dag_id, "run_id": run_id, "limit": 100, "offset": offset}
         )
         page = body["event_logs"]
         for log in page:
@@ -793,6 +899,7 @@ def report(result: Mapping[str, Any]) -> None:
     conc, ideal, iso = result.get("concurrency", {}), result.get("ideal", {}), result.get("isolation", {})
     wall = float(run["wall_s"])
     rows = [
+        ("DAG / executor", f"{run.get('dag_id', DAG_ID)} / {args.get('executor', 'local')}"),
         ("accounts / pool slots / latency", f"{args['accounts']} / {args['pool_slots']} / {args['latency_ms']:g} ms"),
         ("run state", f"{run['state']}{'' if run['finished_in_time'] else ' (did NOT finish in time)'}"),
         ("wall time of the run (trigger -> end)", f"{wall:.1f} s (run start->end {run['run_start_end_s']} s)"),
@@ -860,6 +967,34 @@ def report(result: Mapping[str, Any]) -> None:
                 [(r, n, cred.get("by_route", {}).get(r, 0)) for r, n in req["by_route"].items()],
             )
         )
+    floor, versus = result.get("floor"), result.get("versus_floor")
+    if floor and versus:
+        print()
+        print(f"Airflow's floor ({FLOOR_DAG_ID}, same shape, tasks do nothing), run just before ours on this stack:")
+        print(
+            table(
+                ("metric", "ours", "floor", "ours / floor"),
+                [
+                    ("wall time (s)", *versus["wall_s"], versus["wall_ratio"]),
+                    ("worker executions", *versus["worker_executions"], ""),
+                    ("pool tasks' slot-seconds on workers", *versus["pool_busy_slot_s"], versus["pool_busy_ratio"]),
+                    ("per worker execution (s)", *versus["per_execution_s"], ""),
+                    ("task instances", tasks.get("task_instances"), floor["tasks"]["task_instances"], ""),
+                    ("retries", tasks.get("retries"), floor["tasks"]["retries"], ""),
+                    ("by worker", tasks.get("by_hostname"), floor["tasks"]["by_hostname"], ""),
+                ],
+            )
+        )
+        fphases = floor["tasks"]["phases"]
+        print(
+            table(
+                ("task", "ours first start / last end s", "floor first start / last end s"),
+                [
+                    (k, f"{v['first_start_s']} / {v['last_end_s']}", _phase(fphases.get(k)))
+                    for k, v in tasks.get("phases", {}).items()
+                ],
+            )
+        )
     for problem in iso.get("problems", [])[:20]:
         print(f"PROBLEM: {problem}")
     trouble = result.get("failures", {})
@@ -873,7 +1008,13 @@ def report(result: Mapping[str, Any]) -> None:
     print()
     print("raw:")
     short = {"isolation": _short(iso), "concurrency": _short_concurrency(conc), "failures": "(see --json)"}
+    if floor:
+        short["floor"] = {k: v for k, v in floor.items() if k not in ("failures", "concurrency")}
     print(json.dumps({k: v for k, v in result.items() if k not in short} | short, default=str))
+
+
+def _phase(span: Mapping[str, Any] | None) -> str:
+    return f"{span['first_start_s']} / {span['last_end_s']}" if span else "-"
 
 
 def _short(iso: Mapping[str, Any]) -> dict[str, Any]:

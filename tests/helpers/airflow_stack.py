@@ -12,6 +12,13 @@ Test modules share one stack per session by declaring::
 
 (importing the fixture functions directly would give each module its own session-scoped copy).
 
+``AirflowStack(pg, executor="CeleryExecutor", redis=redis_server)`` runs the same stack on CeleryExecutor
+instead: Redis (:mod:`tests.helpers.redis_server`) as broker, the metadata database as Celery's result
+backend, and :data:`CELERY_WORKERS` ``airflow celery worker`` processes, each with its own working
+directory, ``HOME``, ``TMPDIR`` and CoinStats cache (nothing on local disk is shared between tasks but
+the task-log folder, which stands in for remote logging), and its own name as the task instances'
+``hostname`` (:mod:`tests.helpers.worker_hostname`). The session fixture is ``celery_stack``.
+
 Set ``COINSTATS_KEEP_STACK_LOGS=/some/dir`` to keep a copy of the stack's ``AIRFLOW_HOME`` (component
 logs, task logs) after the run for debugging; by default everything is deleted.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -30,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -41,9 +49,20 @@ import pytest
 import yaml
 
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
+from tests.helpers import worker_hostname
 from tests.helpers.postgres_server import PostgresServer
+from tests.helpers.redis_server import RedisServer
 
-__all__ = ["DAG_ID", "EXCHANGE_ACCOUNTS", "AirflowStack", "StackError", "airflow_stack", "wait_until"]
+__all__ = [
+    "CELERY_WORKERS",
+    "DAG_ID",
+    "EXCHANGE_ACCOUNTS",
+    "AirflowStack",
+    "StackError",
+    "airflow_stack",
+    "celery_stack",
+    "wait_until",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_BIN = Path(sys.executable).parent / "airflow"
@@ -55,6 +74,9 @@ EXCHANGE_ACCOUNTS = {
     "coinstats_exchange_kraken": "kraken",
 }
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Names of the Celery workers of a CeleryExecutor stack (their ``--celery-hostname`` and TI hostname).
+CELERY_WORKERS = ("worker-a", "worker-b")
+LOCAL, CELERY = "LocalExecutor", "CeleryExecutor"
 ADMIN_USER = "admin"
 _HOST = "127.0.0.1"
 
@@ -116,6 +138,10 @@ class AirflowStack:
         databases on it.
     :param startup_timeout: Seconds allowed for the components to become healthy and the DAG to be parsed.
     :param sandbox_config: Overrides for the CoinStats sandbox (its API key is always the canary).
+    :param executor: ``LocalExecutor`` or ``CeleryExecutor`` (then ``redis`` is required).
+    :param redis: The running Redis server a CeleryExecutor stack uses as broker.
+    :param worker_concurrency: Task slots of each Celery worker.
+    :param extra_dags: More DAG files to deploy beside ``dags/`` (e.g. a benchmark's DAG).
     """
 
     def __init__(
@@ -124,7 +150,19 @@ class AirflowStack:
         *,
         startup_timeout: float = 240,
         sandbox_config: Mapping[str, Any] | None = None,
+        executor: str = LOCAL,
+        redis: RedisServer | None = None,
+        worker_concurrency: int = 4,
+        extra_dags: Sequence[Path] = (),
     ) -> None:
+        if executor not in (LOCAL, CELERY):
+            raise ValueError(f"executor must be {LOCAL} or {CELERY}, not {executor!r}")
+        if executor == CELERY and redis is None:
+            raise ValueError("a CeleryExecutor stack needs a running RedisServer (redis=...) as its broker")
+        self.executor = executor
+        self.redis = redis
+        self.worker_concurrency = worker_concurrency
+        self.extra_dags = tuple(Path(p).resolve() for p in extra_dags)
         self.postgres = postgres
         self.startup_timeout = startup_timeout
         suffix = secrets.token_hex(4)
@@ -143,6 +181,8 @@ class AirflowStack:
         self.home: Path | None = None
         self.port = 0
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: Components this test killed on purpose (``kill_worker``): no longer checked by ``check_alive``.
+        self.killed: dict[str, subprocess.Popen[bytes]] = {}
         self._log_handles: list[IO[bytes]] = []
         self._client: httpx.Client | None = None
         self._token: str | None = None
@@ -188,6 +228,22 @@ class AirflowStack:
         """Environment of every Airflow process of this stack."""
         return dict(self._env)
 
+    @property
+    def workers(self) -> tuple[str, ...]:
+        """Names of this stack's Celery workers (empty on LocalExecutor)."""
+        return CELERY_WORKERS if self.executor == CELERY else ()
+
+    @property
+    def dags_folder(self) -> Path:
+        """The DAG folder: the repo's ``dags/``, or a folder linking its files and the extra DAGs."""
+        if not self.extra_dags:
+            return ROOT / "dags"
+        return self.root / "dags"
+
+    def worker_dir(self, worker: str) -> Path:
+        """A Celery worker's own directory: its working directory, with ``home/`` and ``tmp/`` inside."""
+        return self.root / "workers" / worker
+
     def warehouse_dsn(self) -> str:
         """libpq DSN of the warehouse database (for assertions with psycopg2)."""
         return (
@@ -217,6 +273,10 @@ class AirflowStack:
         self.sandbox = SandboxServer(SandboxConfig(api_keys=(self.canaries["api_key"],), **config))
         self.sandbox.start()
         self.port = free_port()
+        if self.extra_dags:
+            self.dags_folder.mkdir()
+            for dag_file in [*sorted((ROOT / "dags").glob("*.py")), *self.extra_dags]:
+                (self.dags_folder / dag_file.name).symlink_to(dag_file)
         self._env = self._build_env()
         passwords = self.home / "simple_auth_manager_passwords.json"
         passwords.write_text(json.dumps({self.admin_user: self.admin_password}))
@@ -227,7 +287,9 @@ class AirflowStack:
         settings.unlink()
         for component in COMPONENTS:
             self._spawn(component)
-        self._client = httpx.Client(base_url=self.base_url, timeout=30, trust_env=False)
+        for worker in self.workers:
+            self._spawn_worker(worker)
+        self._client = httpx.Client(base_url=self.base_url, timeout=120, trust_env=False)
         wait_until(
             "the api-server and all components to report healthy",
             self._healthy,
@@ -235,6 +297,14 @@ class AirflowStack:
             interval=1,
             check=self.check_alive,
         )
+        for worker in self.workers:
+            wait_until(
+                f"Celery worker {worker} to be ready",
+                functools.partial(self._worker_ready, worker),
+                timeout=self.startup_timeout,
+                interval=1,
+                check=self.check_alive,
+            )
         self._login()
         wait_until(
             f"the DAG {DAG_ID} to be parsed",
@@ -244,6 +314,8 @@ class AirflowStack:
             check=self.check_alive,
         )
         self.unpause()
+        for path in self.extra_dags:
+            self.unpause(path.stem)
 
     def _build_env(self) -> dict[str, str]:
         from cryptography.fernet import Fernet
@@ -262,10 +334,10 @@ class AirflowStack:
                 "no_proxy": "*",
                 "COINSTATS_CACHE_DIR": str(self.root / "coinstats-cache"),
                 "AIRFLOW_HOME": str(self.root),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
@@ -297,7 +369,31 @@ class AirflowStack:
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             }
         )
+        if self.executor == CELERY:
+            env.update(self._celery_env())
         return env
+
+    def _celery_env(self) -> dict[str, str]:
+        """Broker, result backend and the timeouts that let Airflow recover from a killed worker quickly."""
+        assert self.redis is not None
+        pg = self.postgres
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": self.redis.url(),
+            "AIRFLOW__CELERY__RESULT_BACKEND": (
+                f"db+postgresql+psycopg2://{pg.user}@{pg.host}:{pg.port}/{self.metadata_db}"
+            ),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            # A task whose worker died stops heartbeating: failed (then retried) after this many seconds
+            # instead of the default 300.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            # A message a dead worker had prefetched stays unacknowledged in Redis: the scheduler requeues
+            # its task after this long in "queued" instead of 600 s.
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "90",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{worker_hostname.__name__}.{worker_hostname.hostname.__name__}",
+        }
 
     def _settings(self) -> dict[str, Any]:
         """The stack's connections, pool and Variable in the Astro ``airflow_settings.yaml`` format."""
@@ -367,6 +463,59 @@ class AirflowStack:
             cmd, cwd=ROOT, env=self._env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
 
+    def _spawn_worker(self, worker: str) -> None:
+        """Start one ``airflow celery worker`` in its own directory, with its own HOME, TMPDIR and cache."""
+        base = self.worker_dir(worker)
+        for sub in ("home", "tmp"):
+            (base / sub).mkdir(parents=True)
+        env = {
+            **self._env,
+            "HOME": str(base / "home"),
+            "TMPDIR": str(base / "tmp"),
+            worker_hostname.ENV: worker,
+        }
+        env.pop("COINSTATS_CACHE_DIR", None)  # the provider's default: under this worker's TMPDIR
+        cmd = [
+            str(AIRFLOW_BIN),
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{worker}@%h",
+            "--concurrency",
+            str(self.worker_concurrency),
+            "--skip-serve-logs",  # task logs are read from the (shared) log folder; one port per host
+        ]
+        name = f"celery-{worker}"
+        handle = self.log_file(name).open("wb")
+        self._log_handles.append(handle)
+        self.processes[name] = subprocess.Popen(
+            cmd, cwd=base, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def _worker_ready(self, worker: str) -> bool:
+        return " ready." in self.log_tail(f"celery-{worker}", 200_000)
+
+    def kill_worker(self, worker: str) -> int:
+        """SIGKILL a Celery worker with every process it started (its pool and the tasks running on it).
+
+        :param worker: One of :attr:`workers`.
+        :return: How many processes were killed.
+        """
+        proc = self.processes.pop(f"celery-{worker}")
+        self.killed[f"celery-{worker}"] = proc
+        try:
+            parent = psutil.Process(proc.pid)
+            victims = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            victims = []
+        _signal_group(proc.pid, signal.SIGKILL)
+        for process in victims:
+            _signal(process, signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        return len(victims)
+
     def check_alive(self) -> None:
         """Raise :class:`StackError` (with its log tail) if any component has exited."""
         for name, proc in self.processes.items():
@@ -394,7 +543,8 @@ class AirflowStack:
         errors = self.client.get("/api/v2/importErrors").json().get("import_errors", [])
         if errors:
             raise StackError(f"DAG import errors: {json.dumps(errors)[:3000]}")
-        return self.client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200
+        dag_ids = [DAG_ID, *(path.stem for path in self.extra_dags)]
+        return all(self.client.get(f"/api/v2/dags/{dag_id}").status_code == 200 for dag_id in dag_ids)
 
     def stop(self) -> None:
         """Stop every process of the stack (their whole process groups), the sandbox; delete the home."""
@@ -416,7 +566,7 @@ class AirflowStack:
             self.home = None
 
     def _stop_processes(self) -> None:
-        started = [proc for proc in self.processes.values()]
+        started = [*self.processes.values(), *self.killed.values()]
         tracked: dict[int, psutil.Process] = {}
         for proc in started:
             try:
@@ -441,6 +591,7 @@ class AirflowStack:
                 proc.wait(timeout=10)
         self._kill_strays()
         self.processes.clear()
+        self.killed.clear()
 
     def _kill_strays(self) -> None:
         """Kill any process that still runs with this stack's ``AIRFLOW_HOME`` (e.g. a re-parented task)."""
@@ -588,15 +739,26 @@ def _signal(process: psutil.Process, sig: signal.Signals) -> None:
         process.send_signal(sig)
 
 
-@pytest.fixture(scope="session")
-def airflow_stack(postgres_server: PostgresServer) -> Iterator[AirflowStack]:
-    """One real Airflow for the whole session (shared by every module listing this file in pytest_plugins)."""
-    stack = AirflowStack(postgres_server)
+def _running(stack: AirflowStack, what: str) -> Iterator[AirflowStack]:
+    """Start ``stack`` (failing the test, not erroring, when it cannot start), yield it, stop it."""
     try:
         stack.start()
     except StackError as exc:
-        pytest.fail(f"cannot start the Airflow stack: {exc}", pytrace=False)
+        pytest.fail(f"cannot start the {what}: {exc}", pytrace=False)
     try:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(postgres_server: PostgresServer) -> Iterator[AirflowStack]:
+    """One real Airflow for the whole session (shared by every module listing this file in pytest_plugins)."""
+    yield from _running(AirflowStack(postgres_server), "Airflow stack")
+
+
+@pytest.fixture(scope="module")
+def celery_stack(postgres_server: PostgresServer, redis_server: RedisServer) -> Iterator[AirflowStack]:
+    """A CeleryExecutor Airflow with two workers, for one test module (it is heavier than the shared one)."""
+    stack = AirflowStack(postgres_server, executor=CELERY, redis=redis_server)
+    yield from _running(stack, "CeleryExecutor Airflow stack")
