@@ -156,6 +156,15 @@ async def test_async_unknown_status(local_server: ScriptedServer) -> None:
     assert len(local_server.requests) == 1
 
 
+async def test_async_unknown_status_echoing_the_api_key(local_server: ScriptedServer) -> None:
+    local_server.script = [(200, {"status": f"{API_KEY} was not accepted " + "x" * 400})]
+
+    with pytest.raises(CoinStatsResponseError, match="unknown status '\\*\\*\\* was not") as info:
+        await make_async_hook()[0].aget_portfolio_sync_status("pf-1")
+
+    assert_no_canary(str(info.value), repr(info.value))
+
+
 async def test_async_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     server = ScriptedServer()  # bound but never served, then closed: connections are refused
     url = server.url
