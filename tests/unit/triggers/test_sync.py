@@ -207,6 +207,25 @@ async def test_deadline_already_passed_polls_once_then_times_out(sandbox: StartS
     assert event["polls"] == status_polls(server) == 1
 
 
+async def test_a_cut_status_answer_is_a_charged_poll_and_is_not_asked_again_at_once(
+    sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    """The trigger's side of the worker's retried-status test: polls are the answers CoinStats charged."""
+    server = sandbox(sync_seconds=0.0)  # synced as soon as it is connected
+    portfolio_id = connect()
+    server.update(cut_routes=("/portfolio/status",), cut_count=1)  # the first status answer is cut on the wire
+    sleeps = fake_asyncio(monkeypatch, lambda _delay: None)
+
+    event = only_event(await run_trigger(make_trigger(portfolio_id, poll_interval=0.05)))
+
+    assert event["status"] == "success"
+    assert status_polls(server) == 2
+    assert event["polls"] == 2
+    assert event["credits_spent"] == 6 == server.stats()["credits_by_path"][STATUS_ROUTE]
+    assert sleeps == [0.05, 0.05]  # the cut answer was charged: the next poll waits one interval
+    assert f"status poll of portfolio {portfolio_id} with an unreadable body (charged)" in logs.text
+
+
 async def test_budget_after_max_polls(sandbox: StartSandbox, logs: pytest.LogCaptureFixture) -> None:
     server = sandbox()
     portfolio_id = connect("stuck-secret")
