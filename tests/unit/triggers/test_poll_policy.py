@@ -264,7 +264,7 @@ async def test_hook_await_sync_times_out_on_a_stuck_portfolio(sandbox: Callable[
     portfolio_id = sandbox_portfolio("stuck-secret")
     hook = CoinStatsHook(CONN_ID)
 
-    result = await hook.await_sync(portfolio_id, deadline=time.time() + 0.5, poll_interval=0.1, max_polls=50)
+    result = await hook.await_sync(portfolio_id, deadline=time.time() + 1.5, poll_interval=0.1, max_polls=50)
 
     assert result.outcome is Action.TIMEOUT
     assert result.polls == server.stats()["requests"]["GET /portfolio/status"] >= 2
