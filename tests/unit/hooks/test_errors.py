@@ -21,7 +21,13 @@ from coinstats_provider.exceptions import (
     CoinStatsNotFoundError,
     CoinStatsPermissionError,
 )
-from coinstats_provider.hooks.errors import MAX_RETRY_AFTER, error_from_response, parse_retry_after, redact
+from coinstats_provider.hooks.errors import (
+    MAX_RETRY_AFTER,
+    error_from_response,
+    parse_retry_after,
+    redact,
+    transport_error,
+)
 from coinstats_provider.models import SyncStatus
 from tests.conftest import BASE_URL, CANARIES, assert_no_canary
 from tests.helpers.canary import assert_no_fragment
@@ -364,3 +370,36 @@ def test_unicode_digit_retry_after_does_not_crash_the_call(
     # No Retry-After understood: exponential backoff (base 1, first attempt) applies.
     assert len(delays) == 1
     assert 0.5 <= delays[0] <= 1.0
+
+
+# -- 6. wording that picks the error, and the transport error's advice ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Your API Key is invalid.", CoinStatsInvalidApiKeyError),
+        ("Invalid apikey", CoinStatsInvalidApiKeyError),
+        ("Bad api-key supplied", CoinStatsInvalidApiKeyError),
+        ("Unauthorized", CoinStatsExchangeCredentialsError),
+    ],
+)
+def test_401_on_an_exchange_route_names_the_key_only_when_coinstats_does(message: str, expected: type) -> None:
+    body = json.dumps({"statusCode": 401, "message": message}).encode()
+
+    err = error_from_response(401, body, "/portfolio/exchange", (), "cs")
+
+    assert type(err) is expected
+
+
+def test_transport_error_names_the_cause_host_and_timeout_advice() -> None:
+    err = transport_error(
+        "GET", "/portfolio/status", ConnectionError("refused"), base_url="https://h.example", timeout=2.5
+    )
+
+    assert str(err) == (
+        "CoinStats GET /portfolio/status failed: ConnectionError talking to https://h.example (timeout 2.5 s). "
+        "Check that the host is reachable or raise the connection extra 'timeout'."
+    )
+    assert err.cause == "ConnectionError"
+    assert err.retryable is True
