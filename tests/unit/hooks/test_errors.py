@@ -403,3 +403,29 @@ def test_transport_error_names_the_cause_host_and_timeout_advice() -> None:
     )
     assert err.cause == "ConnectionError"
     assert err.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("path", "message", "hint"),
+    [
+        (
+            "/portfolio/coins",
+            "Your API Key is invalid.",
+            "The CoinStats API key in connection 'cs' (Password field) is invalid; generate a new key at "
+            "https://openapi.coinstats.app and update the connection.",
+        ),
+        (
+            "/portfolio/exchange",
+            "Unauthorized",
+            "CoinStats accepted the API key but the exchange rejected the exchange credentials; create a new "
+            "read-only API key on the exchange and update the exchange connection.",
+        ),
+        ("/usage/credits", "Unauthorized", "Check the API key in connection 'cs'."),
+    ],
+)
+def test_401_hints_say_what_to_fix(path: str, message: str, hint: str) -> None:
+    body = json.dumps({"statusCode": 401, "message": message}).encode()
+
+    err = error_from_response(401, body, path, (), "cs")
+
+    assert hint in str(err)
