@@ -9,7 +9,7 @@ UV := $(PYTHON) -m uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-fast demo sandbox lock dist clean
+.PHONY: setup lint test test-fast mutation mutation-score demo sandbox lock dist clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -33,6 +33,18 @@ test-fast: setup ## Unit tests only (no real Airflow runs, no PostgreSQL).
 	@rc=0; $(BIN)/pytest -m "not slow" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
+MUTATION_ARGS ?= --max-children 2
+mutation: setup ## Mutation testing of the secret- and credit-critical modules (slow, not in `make test`); see docs/mutation.md.
+	rm -rf .mutation && mkdir .mutation
+	for path in $$(ls -A | grep -vx -e .git -e .venv -e .mutation -e plugins); do ln -s ../$$path .mutation/$$path; done
+	ln -s ../plugins .mutation/src
+	cd .mutation && ../$(BIN)/mutmut run $(MUTATION_ARGS); rc=$$?; ../$(BIN)/mutmut results; exit $$rc
+	$(MAKE) -s mutation-score
+
+mutation-score: ## Per-module counts of the last `make mutation` run (killed, survived, timeout, not checked).
+	@cd .mutation && ../$(BIN)/mutmut results --all true | sed -E 's/^ +//' \
+	| awk -F': ' '{m = $$1; sub(/[.]x(_|ǁ).*/, "", m); n[m ": " $$2]++} END {for (k in n) print k, n[k]}' | sort
+
 demo: setup ## Run coinstats_portfolio_sync twice against the local sandbox and SQLite (DATASETS=chart,snapshot or all adds opt-in datasets).
 	$(BIN)/python -m include.demo $(if $(DATASETS),--datasets $(DATASETS))
 
@@ -50,4 +62,4 @@ dist: setup ## Build the sdist and wheel into dist/ and check them with twine (u
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) .airflow .mutation .pytest_cache .mypy_cache .ruff_cache dist

@@ -50,6 +50,7 @@ import yaml
 
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from tests.helpers import worker_hostname
+from tests.helpers.canary import new_canary
 from tests.helpers.postgres_server import PostgresServer
 from tests.helpers.redis_server import RedisServer
 
@@ -127,10 +128,6 @@ def wait_until(
         time.sleep(interval)
 
 
-def _canary(label: str) -> str:
-    return f"CANARY-{label}-{secrets.token_hex(6)}"
-
-
 class AirflowStack:
     """A complete Airflow on loopback; use as a context manager (``with AirflowStack(pg) as stack:``).
 
@@ -171,11 +168,11 @@ class AirflowStack:
         self.admin_user = ADMIN_USER
         self.admin_password = f"admin-{secrets.token_hex(8)}"
         #: Every secret the stack configures; none of them may ever show up in a log, XCom or page.
-        self.canaries: dict[str, str] = {"api_key": _canary("API-KEY")}
+        self.canaries: dict[str, str] = {"api_key": new_canary("APIK")}
         for conn_id, exchange in EXCHANGE_ACCOUNTS.items():
-            self.canaries[f"{conn_id}.login"] = _canary(f"{exchange.upper()}-KEY")
-            self.canaries[f"{conn_id}.password"] = _canary(f"{exchange.upper()}-SECRET")
-        self.canaries["coinstats_exchange_okx.passphrase"] = _canary("OKX-PASSPHRASE")
+            self.canaries[f"{conn_id}.login"] = new_canary(f"{exchange.upper()[:3]}K")
+            self.canaries[f"{conn_id}.password"] = new_canary(f"{exchange.upper()[:3]}S")
+        self.canaries["coinstats_exchange_okx.passphrase"] = new_canary("OKXP")
         self._sandbox_overrides = dict(sandbox_config or {})
         self.sandbox: SandboxServer | None = None
         self.home: Path | None = None

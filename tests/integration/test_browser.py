@@ -33,6 +33,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests.helpers.airflow_stack import DAG_ID, EXCHANGE_ACCOUNTS, ROOT, AirflowStack, StackError, wait_until
+from tests.helpers.canary import assert_no_fragment
 
 pytest_plugins = ["tests.helpers.postgres_server", "tests.helpers.airflow_stack"]
 pytestmark = pytest.mark.slow
@@ -387,9 +388,8 @@ def browser(airflow_stack: AirflowStack) -> Iterator[Browser]:
 
 
 def assert_no_secret(stack: AirflowStack, where: str, text: str, *, skip: tuple[str, ...] = ()) -> None:
-    for name, value in stack.canaries.items():
-        if name not in skip:
-            assert value not in text, f"secret {name} is visible in {where}"
+    shown = {name: value for name, value in stack.canaries.items() if name not in skip}
+    assert_no_fragment(shown, text, where=where)
 
 
 def open_add_connection(browser: Browser, stack: AirflowStack) -> str:

@@ -19,7 +19,6 @@ other real-stack tests (which expect exactly their own three portfolios) are una
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from coinstats_provider.warehouse.schema import TABLES
 from coinstats_provider.warehouse.transform import TransactionKeyer, transaction_rows
 from include.coinstats_sandbox import data
 from tests.helpers.airflow_stack import DAG_ID, AirflowStack, wait_until
+from tests.helpers.canary import assert_no_fragment, new_canary
 
 pytest_plugins = ["tests.helpers.postgres_server", "tests.helpers.airflow_stack"]
 pytestmark = pytest.mark.slow
@@ -144,8 +144,7 @@ def task_process(stack: AirflowStack, ti_id: str, pg_port: int, writer_port: int
 
 
 def assert_no_secret(secret_values: dict[str, str], where: str, text: str) -> None:
-    for name, value in secret_values.items():
-        assert value not in text, f"secret {name} leaked into {where}"
+    assert_no_fragment(secret_values, text, where=where)
 
 
 def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack) -> None:
@@ -156,7 +155,7 @@ def test_sigkill_mid_load_then_retry_is_exactly_once(airflow_stack: AirflowStack
         timeout=360,
         check=stack.check_alive,
     )
-    login, password = (f"CANARY-CRASH-{part}-{secrets.token_hex(6)}" for part in ("KEY", "SECRET"))
+    login, password = (new_canary(f"CRS{part}") for part in ("K", "S"))
     all_secrets = {**stack.canaries, f"{CONN_ID}.login": login, f"{CONN_ID}.password": password}
     portfolio_id = data.portfolio_id(stack.canaries["api_key"], EXCHANGE, login, password)
     changes: dict[str, Any] = {"transactions": TRANSACTIONS, "latency_ms": LATENCY_MS}

@@ -27,6 +27,7 @@ import asyncio
 import copy
 import datetime as dt
 import functools
+import json
 import logging
 import math
 import re
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -66,6 +68,7 @@ from coinstats_provider.operators._common import failing_fast
 from coinstats_provider.operators.connect import ConnectExchangePortfolioOperator, ConnectWalletPortfolioOperator
 from coinstats_provider.operators.load import LoadPortfolioOperator
 from coinstats_provider.operators.sync import SyncPortfolioOperator
+from coinstats_provider.warehouse.schema import DATASETS
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from include.load_settings import SettingsError, parse_settings
 
@@ -544,8 +547,10 @@ def _sync_timeout_on_worker(env: Env) -> Outcome:
 
 
 def _sync_timeout_in_trigger(env: Env) -> Outcome:
+    # 1 s, not 0.05 s: a trigger that starts after its deadline takes itself for a rebuilt one and counts the
+    # deadline poll as made, so on a loaded machine a shorter timeout would change the row.
     return sandboxed(
-        env, lambda pid: sync_op(env, pid, sync_timeout=0.05, poll_interval=1, deferrable=True), connect=STUCK
+        env, lambda pid: sync_op(env, pid, sync_timeout=1, poll_interval=1, deferrable=True), connect=STUCK
     )
 
 
@@ -563,11 +568,19 @@ def _budget_exceeded_mid_load(env: Env) -> Outcome:
 
 
 def _resolve_accounts(ids: list[str], credit_budget: int | None = None, datasets: int = 3) -> object:
-    """What the DAG's ``resolve_accounts`` task does (no Variable set, default max_map_length)."""
-    with failing_fast("Resolving the exchange accounts"):
-        batch, _rest = pipeline.split_batch(pipeline.resolve_accounts(ids, lambda: None), 1024)
-        pipeline.check_budget_covers(credit_budget, len(batch), datasets)
-        return batch
+    """Run the DAG's own ``resolve_accounts`` task for a run conf (no Variable set, default max_map_length)."""
+    from airflow.sdk import Variable
+
+    conf = {"exchange_conn_ids": ids, "credit_budget": credit_budget, "datasets": list(DATASETS)[:datasets]}
+    context = {"params": validate_params(conf), "ti": SimpleNamespace(xcom_push=lambda key, value: None)}
+    resolve = portfolio_sync_dag().get_task("resolve_accounts").python_callable
+    exchange = {"conn_type": "coinstats_exchange", "extra": {"connection_id": "binance"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(resolve.__globals__, "get_current_context", lambda: context)
+        patch.setattr(Variable, "get", lambda key, default=None: default)
+        for conn_id in ids:  # the accounts exist, as in a user's deployment (split by connection type)
+            patch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(exchange))
+        return resolve()
 
 
 def _no_accounts(env: Env) -> Outcome:
@@ -575,14 +588,15 @@ def _no_accounts(env: Env) -> Outcome:
 
 
 def _budget_too_small(env: Env) -> Outcome:
-    # What the DAG's register_portfolios task does for one portfolio, three datasets, 11 credits already
-    # spent connecting it and a run budget of 60 (resolve_accounts' lower bound stops a run budget of 60
-    # earlier, see budget-below-minimum; this step still catches connects that cost more than that bound).
-    def plan() -> object:
+    # What a user runs: the DAG's resolve_accounts task passes a run budget of 74 for one account and three
+    # datasets (above the lower bound of 66), then the connect task needed a second try (its first answer was
+    # cut: 1 + 10 + 10 = 21 credits), and register_portfolios splits what is left as the DAG does.
+    def run() -> object:
+        batch = _resolve_accounts(["coinstats_exchange_binance"], 74, 3)
         with failing_fast("Registering the portfolios"):
-            return pipeline.plan_budgets(60, 11, 1, 3, 1800, 30)
+            return pipeline.plan_dataset_budgets(74, 21, len(cast(list[str], batch)), list(DATASETS)[:3], 1800, 30)
 
-    return local(env, plan)
+    return local(env, run)
 
 
 # -- trust cases: redirects, plain http, extras, Retry-After, cut answers, items, lists, budgets, settings --
@@ -1089,9 +1103,9 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "sync-timeout-trigger",
-        "sync never finishes (deferred to PortfolioSyncTrigger, sync_timeout 0.05 s)",
+        "sync never finishes (deferred to PortfolioSyncTrigger, sync_timeout 1 s)",
         _sync_timeout_in_trigger,
-        ("did not finish within 0.05 s", "Raise the sync timeout (Param sync_timeout_minutes)"),
+        ("did not finish within 1 s", "Raise the sync timeout (Param sync_timeout_minutes)"),
         credits=33,
         requests=2,
         failed_requests=0,
@@ -1121,16 +1135,16 @@ CASES: tuple[Case, ...] = (
         "no-accounts",
         "no exchange_conn_ids Param and no Variable",
         _no_accounts,
-        ("No exchange accounts to sync", "pass the Param 'exchange_conn_ids'", "or set the Variable"),
+        ("No accounts to sync", "pass the Param 'account_conn_ids'", "or set the Variable"),
         credits=0,
         requests=0,
         failed_requests=0,
     ),
     Case(
         "budget-too-small",
-        "run credit budget 60 for 1 portfolio x 3 datasets, split after connecting (register step)",
+        "run credit budget 74 for 1 account x 3 datasets passes the pre-check; the connect took 2 tries (21 credits)",
         _budget_too_small,
-        ("leaves 49 credits per portfolio", "at least 63", "Raise the budget or sync fewer accounts"),
+        ("leaves 53 credits per portfolio", "(21 spent)", "at least 55", "select fewer datasets or sync fewer"),
         credits=0,
         requests=0,
         failed_requests=0,
@@ -1139,7 +1153,7 @@ CASES: tuple[Case, ...] = (
         "budget-below-minimum",
         "run credit budget 60 for 1 account x 3 datasets (checked before connecting)",
         _budget_below_minimum,
-        ("cannot cover 1 account(s)", "at least 74 credits (74 in all)", "Nothing was spent", "Raise the budget"),
+        ("cannot cover 1 account(s)", "at least 66 credits (66 in all)", "Nothing was spent", "Raise the budget"),
         credits=0,
         requests=0,
         failed_requests=0,
@@ -1466,9 +1480,9 @@ def test_dag_test_rejects_bad_params_before_a_run(airflow_db: Path) -> None:
 
 
 def test_doc_is_current() -> None:
-    """``docs/bad-input-matrix.md`` shows the table these cases produce now."""
+    """``docs/bad-input-matrix.md`` is exactly the document these cases produce now (header, table, notes)."""
     assert DOC.exists(), f"run: {REGENERATE}"
-    assert markdown_table(run_all()) in DOC.read_text(), f"docs/bad-input-matrix.md is stale; run: {REGENERATE}"
+    assert DOC.read_text() == document(run_all()), f"docs/bad-input-matrix.md is stale; run: {REGENERATE}"
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -1570,14 +1584,14 @@ Notes:
 
 * The run's credit budget is checked twice. `resolve_accounts` checks a lower bound before anything is
   spent (`budget-below-minimum`: accounts x (10 + the cheapest sync and load) + 1 for
-  `GET /exchange/support`). `register_portfolios` splits what connecting left (`budget-too-small`); it
-  still fails when connecting cost more than the lower bound assumes, after the mapped connect tasks
-  spent their credits: each connect task that finds no cached exchange list pays `GET /exchange/support`
-  again, so e.g. a budget of 147 for 2 accounts x 3 datasets passes the first check and then leaves 62
-  credits per portfolio after 2 x 11 spent, less than the 63 needed.
-* `no-accounts`, `budget-below-minimum` and `budget-too-small` run in plain `@task` steps, which wrap them
-  in `failing_fast(...)` like the DAG does; `CoinStatsConfigError` is also an `AirflowFailException`, so
-  they fail without Airflow retries even without that wrapper.
+  `GET /exchange/support` each, as every connect task may pay for the exchange list). `register_portfolios`
+  splits what connecting left (`budget-too-small`); it fails only when connecting cost more than that
+  bound, i.e. a connect task needed another try: its first answer was cut, so the next try connected again
+  for 10 more credits. A budget below the bound never gets that far (`budget-below-minimum`).
+* `no-accounts`, `budget-below-minimum` and `budget-too-small` run the DAG's own `resolve_accounts` task
+  (its Python function, with the run's validated Params), and `budget-too-small` then the budget split of
+  `register_portfolios`, wrapped in `failing_fast(...)` as the DAG does; `CoinStatsConfigError` is also an
+  `AirflowFailException`, so they fail without Airflow retries even without that wrapper.
 * Redirects (`redirect-*`): the target is a second local sandbox, which must receive no request; the
   message shows only scheme, host and port of the `Location`. The 1 credit of `redirect-connect-307` is
   the `GET /exchange/support` before the connect; the redirected call costs nothing.
@@ -1605,6 +1619,11 @@ Notes:
 """
 
 
+def document(results: list[tuple[Case, Outcome]]) -> str:
+    """The whole of ``docs/bad-input-matrix.md``: header, table and notes."""
+    return HEADER.format(command=REGENERATE) + markdown_table(results) + FOOTER
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the matrix document (or write it to ``docs/bad-input-matrix.md`` with ``--write``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1613,13 +1632,13 @@ def main(argv: list[str] | None = None) -> int:
     # Only the document on stdout: silence the operators' and Airflow's log lines.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     logging.disable(logging.CRITICAL)
-    document = HEADER.format(command=REGENERATE) + markdown_table(run_all()) + FOOTER
+    text = document(run_all())
     if args.write:
         DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(document)
+        DOC.write_text(text)
         print(f"wrote {DOC}", file=sys.stderr)
     else:
-        print(document, end="")
+        print(text, end="")
     return 0
 
 

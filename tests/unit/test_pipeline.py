@@ -135,6 +135,49 @@ def test_split_batch_keeps_order_and_hands_the_rest_on() -> None:
     assert split_batch(ids, 0) == (["ex_a"], ["ex_b", "ex_c"])  # never an empty batch
 
 
+# -- check_budget_covers: the run-level pre-check --------------------------------------------------
+
+#: The cheapest run of one account, from the contract's prices: GET /exchange/support (1) + connect (10)
+#: + sync (30) + one status poll (3) + whichever is more: value (10) + a page of coins (8) + a page of
+#: transactions (4) = 22, or 10 per selected dataset (the dearest call, as the loads share their budget).
+CHEAPEST = {1: 1 + 10 + 30 + 3 + 22, 2: 1 + 10 + 30 + 3 + 22, 3: 1 + 10 + 30 + 3 + 30}
+
+
+@pytest.mark.parametrize(("accounts", "datasets"), [(1, 3), (1, 1), (2, 3), (5, 2), (40, 3)])
+def test_budget_pre_check_boundary(accounts: int, datasets: int) -> None:
+    needed = accounts * CHEAPEST[datasets]
+
+    pipeline.check_budget_covers(needed, accounts, datasets)  # exactly enough
+    pipeline.check_budget_covers(needed + 1, accounts, datasets)
+    pipeline.check_budget_covers(None, accounts, datasets)  # no cap
+    with pytest.raises(CoinStatsConfigError) as info:
+        pipeline.check_budget_covers(needed - 1, accounts, datasets)
+
+    assert str(info.value) == (
+        f"The credit budget of {needed - 1} cannot cover {accounts} account(s): connecting and syncing each "
+        f"takes at least {CHEAPEST[datasets]} credits ({needed} in all). Nothing was spent. Raise the budget, "
+        "select fewer datasets or sync fewer accounts."
+    )
+
+
+def test_budget_pre_check_zero() -> None:
+    pipeline.check_budget_covers(0, 0, 3)  # no account, nothing to cover
+    with pytest.raises(CoinStatsConfigError, match="budget of 0 cannot cover 1 account"):
+        pipeline.check_budget_covers(0, 1, 1)
+
+
+def test_budget_pre_check_lower_bound_is_what_the_split_needs_after_cheapest_connects() -> None:
+    """A budget that passes the pre-check always leaves the split enough when each connect cost 1 + 10."""
+    for accounts in (1, 2, 7):
+        for datasets in (1, 2, 3):
+            budget = accounts * CHEAPEST[datasets]
+            pipeline.check_budget_covers(budget, accounts, datasets)
+            sync, load = plan_budgets(budget, accounts * 11, accounts, datasets, 1800, 30)
+            assert sync is not None
+            assert load is not None
+            assert sync + datasets * load <= budget // accounts - 11
+
+
 # -- plan_budgets ----------------------------------------------------------------------------------
 
 

@@ -202,7 +202,7 @@ class CoinStatsHook(CoinStatsBaseHook):
                 total_credits=float(data["totalCredits"]),
                 used_credits=float(data["usedCredits"]),
                 remaining_credits=float(data["remainingCredits"]),
-                subscription=str(data.get("subscription") or "unknown")[:40],
+                subscription=redact(str(data.get("subscription") or "unknown"), (self.settings.api_key,))[:40],
             )
         except (KeyError, TypeError, ValueError):
             raise CoinStatsResponseError("CoinStats GET /usage/credits answered an unexpected body.") from None

@@ -154,7 +154,9 @@ class CoinStatsExchangeHook(BaseHook):
                 parse_extra(self.get_connection(self.exchange_conn_id)).get("coinstats_conn_id")
                 or CoinStatsHook.default_conn_name
             )
-            fields = account.connection_fields(CoinStatsHook(conn_id).get_supported_exchanges())
+            coinstats = CoinStatsHook(conn_id)
+            secrets = (*secrets, coinstats.settings.api_key)
+            fields = account.connection_fields(coinstats.get_supported_exchanges())
         except CoinStatsError as err:
             return False, str(err)
         except Exception as err:

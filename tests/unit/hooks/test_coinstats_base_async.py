@@ -14,6 +14,7 @@ import pytest
 
 from coinstats_provider import __version__
 from coinstats_provider.exceptions import (
+    CoinStatsCreditBudgetExceeded,
     CoinStatsInvalidApiKeyError,
     CoinStatsResponseError,
     CoinStatsServerError,
@@ -64,7 +65,7 @@ class ScriptedServer:
             status, body, *delay = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if delay:
             time.sleep(delay[0])
-        payload = json.dumps(body).encode()
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: sent as they are
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(payload)))
@@ -92,8 +93,8 @@ def local_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
         server.thread.join(timeout=5)
 
 
-def make_async_hook() -> tuple[CoinStatsHook, list[float]]:
-    hook = CoinStatsHook("cs_async")
+def make_async_hook(**kwargs: Any) -> tuple[CoinStatsHook, list[float]]:
+    hook = CoinStatsHook("cs_async", **kwargs)
     delays: list[float] = []
 
     async def record(delay: float) -> None:
@@ -156,6 +157,15 @@ async def test_async_unknown_status(local_server: ScriptedServer) -> None:
     assert len(local_server.requests) == 1
 
 
+async def test_async_unknown_status_echoing_the_api_key(local_server: ScriptedServer) -> None:
+    local_server.script = [(200, {"status": f"{API_KEY} was not accepted " + "x" * 400})]
+
+    with pytest.raises(CoinStatsResponseError, match="unknown status '\\*\\*\\* was not") as info:
+        await make_async_hook()[0].aget_portfolio_sync_status("pf-1")
+
+    assert_no_canary(str(info.value), repr(info.value))
+
+
 async def test_async_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     server = ScriptedServer()  # bound but never served, then closed: connections are refused
     url = server.url
@@ -212,3 +222,72 @@ async def test_async_settings_register_the_api_key_with_airflows_masker(
     hook = CoinStatsHook()
     settings = await hook.asettings()
     assert registered == [settings.api_key]
+
+
+# -- credit budget of the async path (the same checks as the sync path's, tests/unit/hooks/test_credit_accounting.py)
+
+
+async def test_async_budget_blocks_the_call_before_sending(local_server: ScriptedServer) -> None:
+    local_server.script = [(200, {"status": "synced"})]
+    hook, _ = make_async_hook(credit_budget=2)  # a status poll costs 3
+
+    with pytest.raises(CoinStatsCreditBudgetExceeded, match="GET /portfolio/status costs 3") as info:
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert local_server.requests == []
+    assert (hook.credits.spent, hook.credits.remaining) == (0, 2)
+    assert info.value.retryable is False
+
+
+async def test_async_budget_exactly_enough(local_server: ScriptedServer) -> None:
+    local_server.script = [(200, {"status": "syncing"})]
+    hook, _ = make_async_hook(credit_budget=6)
+
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCING
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCING
+    with pytest.raises(CoinStatsCreditBudgetExceeded):
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert len(local_server.requests) == 2
+    assert (hook.credits.spent, hook.credits.remaining) == (6, 0)
+
+
+async def test_async_budget_from_the_connection_extra(
+    local_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_connection(
+        monkeypatch,
+        "cs_async",
+        conn_type="coinstats",
+        password=API_KEY,
+        host=local_server.url,
+        extra={"backoff_base": 0, "backoff_max": 0, "max_retries": 2, "timeout": 5, "credit_budget": 1000},
+    )
+    hook, _ = make_async_hook(credit_budget=0)  # the argument overrides the extra
+
+    with pytest.raises(CoinStatsCreditBudgetExceeded):
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert local_server.requests == []
+
+
+async def test_async_failed_attempts_are_not_billed(local_server: ScriptedServer) -> None:
+    local_server.script = [(503, {"statusCode": 503, "message": "Service Unavailable"}), (200, {"status": "synced"})]
+    hook, _ = make_async_hook(credit_budget=3)  # enough for one charged answer only
+
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert len(local_server.requests) == 2
+    assert (hook.credits.spent, hook.credits.retries) == (3, 1)
+
+
+async def test_async_retry_of_a_charged_answer_is_checked_against_the_budget(local_server: ScriptedServer) -> None:
+    # A cut 200 is charged; re-asking would be charged again, which a budget of one poll does not allow.
+    local_server.script = [(200, b'{"stat'), (200, {"status": "synced"})]
+    hook, _ = make_async_hook(credit_budget=3)
+
+    with pytest.raises(CoinStatsCreditBudgetExceeded, match="3 of the budget of 3 are already spent"):
+        await hook.aget_portfolio_sync_status("pf-1")
+
+    assert len(local_server.requests) == 1
+    assert hook.credits.spent == 3

@@ -21,9 +21,16 @@ from coinstats_provider.exceptions import (
     CoinStatsNotFoundError,
     CoinStatsPermissionError,
 )
-from coinstats_provider.hooks.errors import MAX_RETRY_AFTER, error_from_response, parse_retry_after, redact
+from coinstats_provider.hooks.errors import (
+    MAX_RETRY_AFTER,
+    error_from_response,
+    parse_retry_after,
+    redact,
+    transport_error,
+)
 from coinstats_provider.models import SyncStatus
 from tests.conftest import BASE_URL, CANARIES, assert_no_canary
+from tests.helpers.canary import assert_no_fragment
 from tests.unit.hooks.helpers import (
     API_KEY,
     COINS_URL,
@@ -294,9 +301,7 @@ def test_nested_message_is_redacted(secret: str, message: Callable[[str], Any]) 
     assert isinstance(err, CoinStatsBadRequestError)
     text = str(err)
     assert "***" in text
-    for form in secret_forms(secret):
-        assert form not in text, form
-        assert form not in (err.request_id or "")
+    assert_no_fragment({form: form for form in secret_forms(secret)}, text, err.request_id or "")
 
 
 @pytest.mark.parametrize("secret", ODD_SECRETS)
@@ -305,8 +310,7 @@ def test_redact_removes_escaped_forms(secret: str) -> None:
 
     redacted = redact(text, [secret])
 
-    for form in secret_forms(secret):
-        assert form not in redacted
+    assert_no_fragment({form: form for form in secret_forms(secret)}, redacted)
     assert redacted.count("***") >= 5
 
 
@@ -366,3 +370,62 @@ def test_unicode_digit_retry_after_does_not_crash_the_call(
     # No Retry-After understood: exponential backoff (base 1, first attempt) applies.
     assert len(delays) == 1
     assert 0.5 <= delays[0] <= 1.0
+
+
+# -- 6. wording that picks the error, and the transport error's advice ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Your API Key is invalid.", CoinStatsInvalidApiKeyError),
+        ("Invalid apikey", CoinStatsInvalidApiKeyError),
+        ("Bad api-key supplied", CoinStatsInvalidApiKeyError),
+        ("Unauthorized", CoinStatsExchangeCredentialsError),
+    ],
+)
+def test_401_on_an_exchange_route_names_the_key_only_when_coinstats_does(message: str, expected: type) -> None:
+    body = json.dumps({"statusCode": 401, "message": message}).encode()
+
+    err = error_from_response(401, body, "/portfolio/exchange", (), "cs")
+
+    assert type(err) is expected
+
+
+def test_transport_error_names_the_cause_host_and_timeout_advice() -> None:
+    err = transport_error(
+        "GET", "/portfolio/status", ConnectionError("refused"), base_url="https://h.example", timeout=2.5
+    )
+
+    assert str(err) == (
+        "CoinStats GET /portfolio/status failed: ConnectionError talking to https://h.example (timeout 2.5 s). "
+        "Check that the host is reachable or raise the connection extra 'timeout'."
+    )
+    assert err.cause == "ConnectionError"
+    assert err.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("path", "message", "hint"),
+    [
+        (
+            "/portfolio/coins",
+            "Your API Key is invalid.",
+            "The CoinStats API key in connection 'cs' (Password field) is invalid; generate a new key at "
+            "https://openapi.coinstats.app and update the connection.",
+        ),
+        (
+            "/portfolio/exchange",
+            "Unauthorized",
+            "CoinStats accepted the API key but the exchange rejected the exchange credentials; create a new "
+            "read-only API key on the exchange and update the exchange connection.",
+        ),
+        ("/usage/credits", "Unauthorized", "Check the API key in connection 'cs'."),
+    ],
+)
+def test_401_hints_say_what_to_fix(path: str, message: str, hint: str) -> None:
+    body = json.dumps({"statusCode": 401, "message": message}).encode()
+
+    err = error_from_response(401, body, path, (), "cs")
+
+    assert hint in str(err)

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from coinstats_provider.exceptions import CoinStatsServerError
 from coinstats_provider.operators.load import TABLES, LoadPortfolioOperator, run_date, snapshot_date
 from coinstats_provider.warehouse.loader import CoinStatsWarehouse
-from tests.conftest import BASE_URL, CANARIES, assert_no_canary, set_connection
+from tests.conftest import BASE_URL, assert_no_canary, set_connection
 
 PID = "pf-1"
 #: The data interval end of a current daily run (snapshots carry the date their data is fetched).
@@ -436,7 +436,7 @@ def test_progress_is_logged_every_ten_pages(
         f"coins of portfolio {PID}: 20 pages, 20 rows so far, 160 credits so far",
     ]
     assert f"Loaded 25 coins rows of portfolio {PID} into coinstats_portfolio_coins (snapshot {TODAY})" in logs.text
-    assert CANARIES["api_key"] not in logs.text
+    assert_no_canary(logs.text)
 
 
 # -- snapshot_date ---------------------------------------------------------------------------------

@@ -159,6 +159,31 @@ def test_worker_and_trigger_loops_take_the_same_steps(
     assert all(0 < seconds <= 30.0 for seconds in sleeps)
 
 
+class TwiceChargedHook(ScriptedHook):
+    """A hook whose every status poll CoinStats charges twice (e.g. a cut answer and its retry)."""
+
+    def get_portfolio_sync_status(self, portfolio_id: str) -> SyncStatus:
+        status = super().get_portfolio_sync_status(portfolio_id)
+        self.credits.record("GET", "/portfolio/status", POLL_COST)
+        return status
+
+
+@pytest.mark.parametrize("max_polls", [None, 3])
+def test_both_loops_count_charged_answers_not_loop_turns(clock: SimpleNamespace, max_polls: int | None) -> None:
+    results = []
+    for run in (
+        lambda hook: wait_for_sync(hook, "pf-1", deadline=2_000.0, poll_interval=10.0, max_polls=max_polls),
+        lambda hook: asyncio.run(await_sync(hook, "pf-1", deadline=2_000.0, poll_interval=10.0, max_polls=max_polls)),
+    ):
+        hook = TwiceChargedHook(clock, [SYNCING, SYNCED] if max_polls is None else [SYNCING])
+        results.append((run(hook), hook.credits.spent, len(hook.asked_at)))
+
+    if max_polls is None:  # two polls asked, four answers charged
+        assert results == [(SyncWaitResult(Action.SUCCESS, 4, 4), 12, 2)] * 2
+    else:  # still syncing; after two asks, four charged answers exceed the allowance of three: no third ask
+        assert results == [(SyncWaitResult(Action.BUDGET, 4, 4), 12, 2)] * 2
+
+
 def test_the_trigger_loop_counts_earlier_polls_into_the_allowance(clock: SimpleNamespace) -> None:
     hook = ScriptedHook(clock, [SYNCING])
 
@@ -239,7 +264,7 @@ async def test_hook_await_sync_times_out_on_a_stuck_portfolio(sandbox: Callable[
     portfolio_id = sandbox_portfolio("stuck-secret")
     hook = CoinStatsHook(CONN_ID)
 
-    result = await hook.await_sync(portfolio_id, deadline=time.time() + 0.5, poll_interval=0.1, max_polls=50)
+    result = await hook.await_sync(portfolio_id, deadline=time.time() + 1.5, poll_interval=0.1, max_polls=50)
 
     assert result.outcome is Action.TIMEOUT
     assert result.polls == server.stats()["requests"]["GET /portfolio/status"] >= 2

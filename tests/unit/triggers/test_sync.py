@@ -135,14 +135,14 @@ def test_serialize_defaults() -> None:
 
 
 async def test_success_counts_polls_and_credits(sandbox: StartSandbox, logs: pytest.LogCaptureFixture) -> None:
-    server = sandbox(sync_seconds=0.5)
+    server = sandbox(sync_seconds=1.5)
     portfolio_id = connect()
 
     event = only_event(await run_trigger(make_trigger(portfolio_id, poll_interval=0.2)))
 
     assert event["status"] == "success"
     assert event["portfolio_id"] == portfolio_id
-    assert event["polls"] >= 2  # still syncing at the first poll (0.2 s after a 0.5 s sync started)
+    assert event["polls"] >= 2  # still syncing at the first poll (0.2 s into a 1.5 s sync, even under load)
     assert event["polls"] == status_polls(server)
     assert event["credits_spent"] == event["polls"] * POLL_COST == event["polls"] * 3
     assert event["credits_spent"] == server.stats()["credits_by_path"][STATUS_ROUTE]
@@ -205,6 +205,25 @@ async def test_deadline_already_passed_polls_once_then_times_out(sandbox: StartS
 
     assert event["status"] == "timeout"
     assert event["polls"] == status_polls(server) == 1
+
+
+async def test_a_cut_status_answer_is_a_charged_poll_and_is_not_asked_again_at_once(
+    sandbox: StartSandbox, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    """The trigger's side of the worker's retried-status test: polls are the answers CoinStats charged."""
+    server = sandbox(sync_seconds=0.0)  # synced as soon as it is connected
+    portfolio_id = connect()
+    server.update(cut_routes=("/portfolio/status",), cut_count=1)  # the first status answer is cut on the wire
+    sleeps = fake_asyncio(monkeypatch, lambda _delay: None)
+
+    event = only_event(await run_trigger(make_trigger(portfolio_id, poll_interval=0.05)))
+
+    assert event["status"] == "success"
+    assert status_polls(server) == 2
+    assert event["polls"] == 2
+    assert event["credits_spent"] == 6 == server.stats()["credits_by_path"][STATUS_ROUTE]
+    assert sleeps == [0.05, 0.05]  # the cut answer was charged: the next poll waits one interval
+    assert f"status poll of portfolio {portfolio_id} with an unreadable body (charged)" in logs.text
 
 
 async def test_budget_after_max_polls(sandbox: StartSandbox, logs: pytest.LogCaptureFixture) -> None:
