@@ -154,6 +154,10 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None) -> None:
         """Count the trigger's polls, then succeed, time out (skipped with ``soft_fail``) or fail.
 
+        The event's ``polls`` are what CoinStats charged the trigger that sent it; the polls an earlier
+        trigger lost in a triggerer restart may have made (``earlier_polls_possible``) only narrowed that
+        trigger's allowance and are not counted (the credits are then a lower bound).
+
         :param context: Task context.
         :param event: The event of :class:`PortfolioSyncTrigger`.
         """
