@@ -74,8 +74,9 @@ class SyncWaitResult:
     """How a sync wait ended.
 
     :param outcome: :attr:`Action.SUCCESS`, :attr:`Action.TIMEOUT` or :attr:`Action.BUDGET`.
-    :param polls: Status polls of the whole wait (``earlier_polls`` plus the charged answers of this loop).
-    :param new_polls: The charged status answers of this loop alone.
+    :param polls: Status polls counted against the allowance (``earlier_polls``, assumed, plus the charged
+        answers of this loop).
+    :param new_polls: The charged status answers of this loop alone: what it spent.
     """
 
     outcome: Action
@@ -215,7 +216,8 @@ async def await_sync(
     :param deadline: Epoch seconds after which the wait ends with ``timeout``.
     :param poll_interval: Seconds between polls.
     :param max_polls: Polls the whole wait may make, ``earlier_polls`` included; ``None`` for no limit.
-    :param earlier_polls: Polls earlier incarnations of this wait may have made.
+    :param earlier_polls: Polls earlier incarnations of this wait may have made: counted against
+        ``max_polls`` only (the result's ``new_polls`` are the answers this loop was charged).
     :param resumed: This loop takes over a wait begun earlier (a rebuilt trigger).
     :param log: Logger for progress lines (default: the hook's).
     """
@@ -240,7 +242,7 @@ async def await_sync(
             ready = True
         if step.action is Action.WAIT:
             if phase is Phase.POLLED:
-                log.info("Portfolio %s still syncing (poll %d)", portfolio_id, polls)
+                log.info("Portfolio %s still syncing (poll %d)", portfolio_id, polls - earlier_polls)
             await asyncio.sleep(step.seconds)
             phase = Phase.WAITED
         else:

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["POLL_COST", "STATE_KEY", "SYNC_COST", "SyncPortfolioOperator", "defer_timeout"]
 
 #: Task state store key: the sync this task instance started (``portfolio_id``, ``deadline``), the credits
-#: all its tries spent (``credits``) and, while deferred, the wait in the triggerer (``wait``).
+#: all its tries spent (``credits``, charged answers only), the credits held back from the budget for status
+#: polls an earlier trigger may have made unseen (``unseen``) and, while deferred, the wait in the triggerer
+#: (``wait``).
 STATE_KEY = "coinstats_sync"
 #: Least time Airflow waits for the trigger beyond the sync deadline before it fails the deferred task.
 DEFER_MARGIN = 300.0
@@ -87,8 +89,10 @@ class SyncPortfolioOperator(BaseOperator):
     nothing left fails without retrying. The trigger's poll allowance is derived from the credits left at
     defer time. While deferred the state also holds the wait (``wait``: start, interval, deadline, allowance),
     so a try that follows a wait which never resumed (deferral timeout, lost worker) counts the polls that
-    wait may have made. The deferral has a timeout (the time left to the deadline plus a margin), so the
-    task fails instead of waiting forever when no triggerer runs.
+    wait may have made. The trigger's event counts the polls CoinStats charged it; the polls an earlier
+    trigger lost in a triggerer restart may have made (``earlier_polls_possible``) are not counted as spent
+    but held back from the budget of later tries (``unseen``). The deferral has a timeout (the time left
+    to the deadline plus a margin), so the task fails instead of waiting forever when no triggerer runs.
 
     :param portfolio_id: The portfolio to sync (always sent: without it CoinStats syncs all at 10x).
     :param coinstats_conn_id: CoinStats connection.
@@ -188,7 +192,12 @@ class SyncPortfolioOperator(BaseOperator):
                 SYNC_COST,
             )
         else:
-            state = {"portfolio_id": self.portfolio_id, "deadline": time.time() + timeout, "credits": state["credits"]}
+            state = {
+                "portfolio_id": self.portfolio_id,
+                "deadline": time.time() + timeout,
+                "credits": state["credits"],
+                **({"unseen": state["unseen"]} if state.get("unseen") else {}),
+            }
         meter = self._start_sync(context, state, reuse)
         state = {**state, "credits": meter.spent}
         self._save_state(context, state)
@@ -226,6 +235,7 @@ class SyncPortfolioOperator(BaseOperator):
                 lambda spent: self._save_state(context, {**state, "credits": spent}),
                 state_key=STATE_KEY,
             )
+            self._hold_back_unseen(meter, int(state.get("unseen") or 0))
             if not reuse:
                 spent_before = meter.spent
                 self.hook.trigger_portfolio_sync(self.portfolio_id)
@@ -234,6 +244,23 @@ class SyncPortfolioOperator(BaseOperator):
         except CoinStatsError as err:
             raise fail_fast(err, step) from err
         return meter
+
+    def _hold_back_unseen(self, meter: CreditMeter, unseen: int) -> None:
+        """Keep ``unseen`` credits of the budget for polls an earlier trigger may have made (not as spent).
+
+        A trigger cannot tell whether a triggerer restart lost an earlier incarnation of it, so its event
+        reports those possible polls apart (``earlier_polls_possible``); they are not in ``credits_spent``,
+        but a later try must not spend them, so the budget never overspends.
+        """
+        if not unseen or meter.budget is None:
+            return
+        meter.budget = max(meter.spent, meter.budget - unseen)
+        self.log.info(
+            "Portfolio %s: holding back %d credits of the budget for status polls an earlier trigger may have "
+            "made (not counted as spent)",
+            self.portfolio_id,
+            unseen,
+        )
 
     def _defer_wait(
         self, context: Context, state: dict[str, Any], max_polls: int | None, end_time: float, interval: float
@@ -275,6 +302,8 @@ class SyncPortfolioOperator(BaseOperator):
         deadline = _number(raw.get("deadline"), float)
         if deadline:
             state["deadline"] = deadline
+        if _number(raw.get("unseen"), int):
+            state["unseen"] = _number(raw.get("unseen"), int)
         if isinstance(raw.get("wait"), dict):
             state["wait"] = raw["wait"]
         return state
@@ -334,13 +363,19 @@ class SyncPortfolioOperator(BaseOperator):
     def _finish(
         self, context: Context, event: dict[str, Any], state: dict[str, Any] | None, before: int
     ) -> dict[str, Any]:
-        """Count the wait's polls into the credits of all tries, push them, and return or fail."""
-        polls = int(event.get("polls") or 0)
+        """Count the wait's polls into the credits of all tries, push them, and return or fail.
+
+        ``polls`` are the answers CoinStats charged the trigger that sent the event; the polls an earlier,
+        lost incarnation of it may have made (``earlier_polls_possible``) are not counted as spent but held
+        back from the budget of later tries (state key ``unseen``).
+        """
+        polls = _number(event.get("polls"), int)
         spent = before + polls * POLL_COST
         if state is not None:
             # The wait is over: its polls are in the total now, so a later try does not estimate them again.
             done = {key: value for key, value in state.items() if key != "wait"}
-            self._save_state(context, {**done, "credits": spent})
+            unseen = int(done.get("unseen") or 0) + _number(event.get("earlier_polls_possible"), int) * POLL_COST
+            self._save_state(context, {**done, "credits": spent, **({"unseen": unseen} if unseen else {})})
         push_credits_spent(context, spent)
         log_credits_spent(self.log, spent, " (%d before this wait + %d status polls)", before, polls)
         status = event["status"]

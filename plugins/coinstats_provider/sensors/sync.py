@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 
     from coinstats_provider.hooks.coinstats import CoinStatsHook
 
-__all__ = ["DEFAULT_POKE_INTERVAL", "DEFAULT_TIMEOUT", "CoinStatsPortfolioSyncedSensor"]
+__all__ = ["DEFAULT_POKE_INTERVAL", "DEFAULT_TIMEOUT", "UNSEEN_STATE_KEY", "CoinStatsPortfolioSyncedSensor"]
 
 #: Seconds between status polls: each costs 3 credits, so 5 minutes is 36 credits an hour.
 DEFAULT_POKE_INTERVAL = 300.0
 #: Seconds the sensor waits at most (24 polls, 72 credits at the default interval), not Airflow's 7 days.
 DEFAULT_TIMEOUT = 2 * 3600.0
+#: Task state store key: credits held back from the budget for status polls an earlier trigger of this
+#: sensor may have made before a triggerer restart (assumed, never counted as spent).
+UNSEEN_STATE_KEY = "coinstats_sensor_unseen_credits"
 
 
 class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
@@ -85,12 +88,22 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
         self.hook_params = hook_params or {}
         self.account = account
 
-    def _hook(self) -> CoinStatsHook:
-        """A fresh hook for one poke, limited to the sensor's budget (a rescheduled poke is a new process)."""
+    def _budget(self, context: Context) -> int | None:
+        """The sensor's budget less the credits held back for polls an earlier trigger may have made.
+
+        :param context: Task context.
+        """
+        budget = parse_credit_budget(self.credit_budget, self.task_id)
+        return None if budget is None else max(0, budget - credits_spent_before(context, UNSEEN_STATE_KEY))
+
+    def _hook(self, context: Context) -> CoinStatsHook:
+        """A fresh hook for one poke, limited to the sensor's budget (a rescheduled poke is a new process).
+
+        :param context: Task context.
+        """
         from coinstats_provider.hooks.coinstats import CoinStatsHook
 
-        budget = parse_credit_budget(self.credit_budget, self.task_id)
-        return CoinStatsHook(self.coinstats_conn_id, credit_budget=budget, **self.hook_params)
+        return CoinStatsHook(self.coinstats_conn_id, credit_budget=self._budget(context), **self.hook_params)
 
     def execute(self, context: Context) -> Any:
         """Poke (in ``poke``/``reschedule`` mode), or poke once and defer to the trigger."""
@@ -115,7 +128,7 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
 
         :param context: Task context.
         """
-        hook = self._hook()
+        hook = self._hook(context)
         spent = credits_spent_before(context)
         try:
             hook.credits.carry_over(spent, lambda total: save_credits_spent(context, total))
@@ -133,7 +146,7 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
         from coinstats_provider.operators.sync import defer_timeout
         from coinstats_provider.triggers.sync import PortfolioSyncTrigger
 
-        budget = parse_credit_budget(self.credit_budget, self.task_id)
+        budget = self._budget(context)
         max_polls = None if budget is None else max(0, budget - credits_spent_before(context)) // POLL_COST
         now = time.time()
         end_time = now + self.timeout
@@ -154,6 +167,11 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None) -> None:
         """Count the trigger's polls, then succeed, time out (skipped with ``soft_fail``) or fail.
 
+        The event's ``polls`` are what CoinStats charged the trigger that sent it; the polls an earlier
+        trigger lost in a triggerer restart may have made (``earlier_polls_possible``) are not counted as
+        spent (the credits are then a lower bound) but held back from the budget of later tries
+        (:data:`UNSEEN_STATE_KEY`).
+
         :param context: Task context.
         :param event: The event of :class:`PortfolioSyncTrigger`.
         """
@@ -164,6 +182,10 @@ class CoinStatsPortfolioSyncedSensor(BaseSensorOperator):
         spent = credits_spent_before(context) + int(event.get("polls") or 0) * POLL_COST
         save_credits_spent(context, spent)
         push_credits_spent(context, spent)
+        earlier = event.get("earlier_polls_possible")
+        if isinstance(earlier, int) and not isinstance(earlier, bool) and earlier > 0:
+            unseen = credits_spent_before(context, UNSEEN_STATE_KEY) + earlier * POLL_COST
+            save_credits_spent(context, unseen, UNSEEN_STATE_KEY)
         status = event["status"]
         if status == "success":
             self.log.info("Portfolio %s is synced (%d credits spent on polls)", self.portfolio_id, spent)

@@ -28,15 +28,21 @@ class PortfolioSyncTrigger(BaseTrigger):
     poll would exceed ``max_polls``) or ``error`` (with ``retryable``). ``polls`` and ``credits_spent`` in
     the event count the polls CoinStats charged (2xx answers).
 
-    Surviving a triggerer restart: the triggerer rebuilds the trigger from its serialized kwargs, which
-    never change, so a rebuilt trigger cannot know how many polls the lost one made. ``max_polls`` is
-    therefore the allowance of the whole wait since ``started_at`` (the defer time), and a rebuilt trigger
-    counts the polls the earlier one may have made (:func:`polls_possible`: one per elapsed interval) as
-    made. Every poll may be charged once only (a 2xx answer with an unreadable body is not re-sent at
-    once; the next poll comes one interval later), so that bound holds and the wait as a whole never
-    polls more than ``max_polls`` times. A trigger rebuilt after the deadline reports ``timeout`` without
-    polling. Without ``started_at`` (kwargs of an older version) the count starts at 0. The loop is
-    :func:`~coinstats_provider.hooks.sync_wait.await_sync`, the poll policy the worker-side wait shares.
+    Surviving a triggerer restart: the triggerer builds every trigger from its serialized kwargs, which
+    never change, so a trigger cannot tell whether it is the first incarnation of the wait (perhaps picked
+    up late by a busy triggerer) or one rebuilt after a restart, and a rebuilt one cannot know how many
+    polls the lost one made. ``max_polls`` is therefore the allowance of the whole wait since
+    ``started_at`` (the defer time), and the allowance conservatively assumes the polls an earlier
+    incarnation may have made (:func:`polls_possible`: one per elapsed interval). Those are reported
+    apart, as ``earlier_polls_possible`` (and logged), never as spent: ``polls`` and ``credits_spent``
+    are what CoinStats charged this incarnation. After a real restart the lost incarnation's charged
+    polls are unknown, so the reported credits are then a lower bound (like a request that timed out),
+    while the allowance still holds: every poll may be charged once only (a 2xx answer with an
+    unreadable body is not re-sent at once; the next poll comes one interval later), so the wait as a
+    whole never polls more than ``max_polls`` times. A trigger rebuilt after the deadline reports
+    ``timeout`` without polling. Without ``started_at`` (kwargs of an older version) no earlier polls
+    are assumed. The loop is :func:`~coinstats_provider.hooks.sync_wait.await_sync`, the poll policy the
+    worker-side wait shares.
 
     :param portfolio_id: The portfolio being synced.
     :param coinstats_conn_id: CoinStats connection.
@@ -82,43 +88,44 @@ class PortfolioSyncTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, polls: int, message: str, **extra: Any) -> TriggerEvent:
+    def _event(self, status: str, polls: int, message: str, earlier: int, **extra: Any) -> TriggerEvent:
+        """One event: ``polls``/``credits_spent`` charged by this incarnation, ``earlier`` assumed apart."""
         return TriggerEvent(  # type: ignore[no-untyped-call]
             {
                 "status": status,
                 "portfolio_id": self.portfolio_id,
                 "polls": polls,
                 "credits_spent": polls * POLL_COST,
+                "earlier_polls_possible": earlier,
                 "message": message,
                 **extra,
             }
         )
 
     def _earlier_polls(self, now: float) -> int:
-        """Polls an earlier incarnation of this wait may have made (0 for the first one)."""
+        """Polls an earlier incarnation of this wait may have made, for the allowance only (never as spent)."""
         if self.started_at is None:
             return 0
         earlier = polls_possible(self.started_at, self.poll_interval, self.end_time, now)
         return earlier if self.max_polls is None else min(earlier, self.max_polls)
 
     def _outcome_event(self, result: SyncWaitResult) -> TriggerEvent:
-        """The event for how :func:`await_sync` ended."""
-        pid, polls = self.portfolio_id, result.polls
+        """The event for how :func:`await_sync` ended (``polls``: the charged answers of this incarnation)."""
+        pid, polls, earlier = self.portfolio_id, result.new_polls, result.polls - result.new_polls
         if result.outcome is Action.SUCCESS:
-            return self._event("success", polls, f"Portfolio {pid} is synced.")
+            return self._event("success", polls, f"Portfolio {pid} is synced.", earlier)
         if result.outcome is Action.BUDGET:
+            assumed = f" (and {earlier} an earlier trigger may have made)" if earlier else ""
             message = (
-                f"Portfolio {pid} was still syncing after {polls} status polls, and one more would exceed the "
-                "credit budget."
+                f"Portfolio {pid} was still syncing after {polls} status polls{assumed}, and one more would "
+                "exceed the credit budget."
             )
-            return self._event("budget", polls, message)
-        if result.new_polls == 0:  # a wait rebuilt after the deadline: the deadline poll may have been made
-            return self._event(
-                "timeout", polls, f"Portfolio {pid} was still syncing at the deadline (the wait resumed after it)."
-            )
-        return self._event(
-            "timeout", polls, f"Portfolio {pid} was still syncing at the deadline after {polls} status polls."
-        )
+            return self._event("budget", polls, message, earlier)
+        if polls == 0 and earlier:  # a wait rebuilt after the deadline: the deadline poll may have been made
+            message = f"Portfolio {pid} was still syncing at the deadline (the wait resumed after it)."
+            return self._event("timeout", polls, message, earlier)
+        message = f"Portfolio {pid} was still syncing at the deadline after {polls} status polls."
+        return self._event("timeout", polls, message, earlier)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until synced, the deadline, the poll budget or an error; yield one event."""
@@ -129,7 +136,8 @@ class PortfolioSyncTrigger(BaseTrigger):
         try:
             if earlier:
                 self.log.info(
-                    "Resuming the wait for portfolio %s: counting %d status polls the wait may already have made",
+                    "Portfolio %s: the allowance of this wait assumes %d status polls an earlier trigger may have "
+                    "made since the task deferred (not counted as spent)",
                     self.portfolio_id,
                     earlier,
                 )
@@ -146,11 +154,11 @@ class PortfolioSyncTrigger(BaseTrigger):
             yield self._outcome_event(result)
         except CoinStatsError as err:
             # This hook only polls the status: its charged answers are the polls this incarnation made.
-            polls = earlier + hook.credits_spent // POLL_COST
-            yield self._event("error", polls, str(err), retryable=err.retryable)
+            polls = hook.credits_spent // POLL_COST
+            yield self._event("error", polls, str(err), earlier, retryable=err.retryable)
         except AirflowNotFoundException:
             message = f"The CoinStats connection '{self.coinstats_conn_id}' is not defined where the triggerer runs."
-            yield self._event("error", earlier, message, retryable=False)
+            yield self._event("error", 0, message, earlier, retryable=False)
         except asyncio.CancelledError:
             self.log.info("Stopped waiting for portfolio %s (trigger cancelled)", self.portfolio_id)
             raise

@@ -23,7 +23,7 @@ from responses import matchers
 
 from coinstats_provider import credits
 from coinstats_provider.credits import POLL_COST, SYNC_COST, CreditMeter
-from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded, CoinStatsServerError
+from coinstats_provider.exceptions import CoinStatsCreditBudgetExceeded, CoinStatsServerError, CoinStatsSyncTimeoutError
 from coinstats_provider.hooks import sync_wait
 from coinstats_provider.hooks.coinstats import CoinStatsHook
 from coinstats_provider.hooks.sync_wait import polls_possible
@@ -341,6 +341,35 @@ def test_resumed_sync_counts_the_polls_once(coinstats_conn: Any, rsps: responses
     assert store.values[STATE_KEY]["credits"] == 42
 
 
+def test_polls_a_trigger_only_assumed_are_held_back_from_the_budget_not_counted_as_spent(
+    coinstats_conn: Any, rsps: responses.RequestsMock, logs: pytest.LogCaptureFixture
+) -> None:
+    register_sync(rsps)
+    store = FakeStore()
+    op = SyncPortfolioOperator(task_id="sync", portfolio_id=PID, credit_budget=90)
+    with pytest.raises(TaskDeferred):
+        op.execute(context(FakeTI(), store))
+
+    # A late trigger (or one rebuilt after a restart) polled once; five earlier polls were possible.
+    ti = FakeTI()
+    event = {"status": "timeout", "polls": 1, "credits_spent": 3, "earlier_polls_possible": 5}
+    with pytest.raises(CoinStatsSyncTimeoutError):
+        op.execute_complete(context(ti, store), event)
+
+    assert ti.pushed == [("credits_spent", 30 + POLL_COST)]  # what CoinStats charged, no phantom polls
+    assert store.values[STATE_KEY]["credits"] == 33
+    assert store.values[STATE_KEY]["unseen"] == 5 * POLL_COST
+
+    # The retry reuses the sync; its trigger gets the polls left after the possible unseen ones.
+    retry, retry_ti = SyncPortfolioOperator(task_id="sync", portfolio_id=PID, credit_budget=90), FakeTI()
+    with pytest.raises(TaskDeferred) as info:
+        retry.execute(context(retry_ti, store))
+    assert retry_ti.pushed == [("credits_spent", 33)]
+    assert info.value.trigger.serialize()[1]["max_polls"] == (90 - 33 - 15) // POLL_COST == 14
+    assert "holding back 15 credits of the budget" in logs.text
+    assert len([call for call in rsps.calls if "sync" in call.request.url]) == 1  # no second sync
+
+
 # -- deferral timeout ------------------------------------------------------------------------------
 
 
@@ -573,8 +602,10 @@ async def test_trigger_rebuilt_after_a_triggerer_restart_does_not_exceed_the_all
     assert classpath.endswith("PortfolioSyncTrigger")
     assert event["status"] == "budget"
     assert status_requests(server) <= 5  # before: the rebuilt trigger polled 5 more times (8 in all)
-    assert event["polls"] == 5
-    assert event["credits_spent"] == 5 * POLL_COST
+    # The allowance assumed the lost trigger's polls; only the rebuilt one's charged polls are reported.
+    assert event["polls"] + event["earlier_polls_possible"] == 5
+    assert event["polls"] == status_requests(server) - 3
+    assert event["credits_spent"] == event["polls"] * POLL_COST
     assert_no_canary(event)
 
 
@@ -589,7 +620,8 @@ async def test_trigger_rebuilt_after_the_deadline_does_not_poll(sandbox: Callabl
     (event,) = await collect(rebuilt)
 
     assert event["status"] == "timeout"
-    assert event["polls"] == 7  # six intervals before the deadline and the deadline poll, as made
+    assert event["earlier_polls_possible"] == 7  # six intervals before the deadline and the deadline poll
+    assert (event["polls"], event["credits_spent"]) == (0, 0)  # assumed, never reported as spent
     assert status_requests(server) == 0
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import responses
 from airflow.sdk.exceptions import (
+    AirflowException,
     AirflowFailException,
     AirflowRescheduleException,
     AirflowSensorTimeout,
@@ -18,7 +19,7 @@ from airflow.sdk.exceptions import (
 )
 
 from coinstats_provider.hooks.coinstats import CoinStatsHook
-from coinstats_provider.sensors.sync import DEFAULT_POKE_INTERVAL, CoinStatsPortfolioSyncedSensor
+from coinstats_provider.sensors.sync import DEFAULT_POKE_INTERVAL, UNSEEN_STATE_KEY, CoinStatsPortfolioSyncedSensor
 from tests.conftest import BASE_URL
 from tests.helpers.sandbox import sandboxes
 from tests.unit.operators.test_connect import FakeTI
@@ -151,6 +152,23 @@ def test_execute_complete_failures(event: dict[str, Any], error: type[Exception]
         sensor(deferrable=True).execute_complete(context(store), event)
     if event["status"] != "weird":
         assert store == {"coinstats_credits_spent": 3 + 3 * event["polls"]}
+
+
+def test_polls_a_trigger_only_assumed_are_held_back_not_counted(
+    coinstats_conn: Any, rsps: responses.RequestsMock
+) -> None:
+    store: dict[str, Any] = {"coinstats_credits_spent": 3}
+    event = {"status": "error", "polls": 1, "earlier_polls_possible": 4, "message": "bad", "retryable": True}
+    with pytest.raises(AirflowException):
+        sensor(deferrable=True, credit_budget=30).execute_complete(context(store), event)
+    # What CoinStats charged is counted; the four polls an earlier trigger may have made are held back.
+    assert store == {"coinstats_credits_spent": 6, UNSEEN_STATE_KEY: 12}
+
+    rsps.get(STATUS_URL, json={"status": "syncing"})
+    with pytest.raises(TaskDeferred) as info:
+        sensor(deferrable=True, credit_budget=30).execute(context(store))  # the retry
+    assert store["coinstats_credits_spent"] == 9
+    assert info.value.trigger.serialize()[1]["max_polls"] == (30 - 12 - 9) // 3 == 3
 
 
 def test_soft_fail_skips_a_deferred_timeout() -> None:
