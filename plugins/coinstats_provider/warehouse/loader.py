@@ -48,7 +48,7 @@ from itertools import islice
 from typing import Any
 
 from coinstats_provider.warehouse.database import WarehouseDatabase, sql_value, utc_now
-from coinstats_provider.warehouse.migrations import create_and_migrate
+from coinstats_provider.warehouse.migrations import create_and_migrate, schema_is_current
 from coinstats_provider.warehouse.schema import (
     PORTFOLIOS_TABLE,
     REMOVED_TABLE,
@@ -116,11 +116,19 @@ class CoinStatsWarehouse(WarehouseDatabase):
         """Create the warehouse tables if they do not exist and migrate older layouts (idempotent).
 
         Tables created by earlier versions with ``DOUBLE PRECISION`` money columns are converted to
-        exact decimals in the same transaction, keeping every row.
+        exact decimals in the same transaction, keeping every row. A warehouse that is already current
+        costs one catalogue query: no DDL, no lock, no transaction (every load task calls this).
         """
         dialect = self.dialect
-        with self._transaction("coinstats_warehouse_schema") as cur:
-            create_and_migrate(cur, dialect, self.batch_size)
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                if schema_is_current(cur, dialect):
+                    return
+                with self._begin(conn, cur, "coinstats_warehouse_schema"):
+                    create_and_migrate(cur, dialect, self.batch_size)
+            finally:
+                cur.close()
 
     # -- writes --------------------------------------------------------------------------------
 

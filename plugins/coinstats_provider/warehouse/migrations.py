@@ -8,6 +8,9 @@ table after its first release are added in place (``ALTER TABLE ... ADD COLUMN``
 ``coinstats_portfolios``, filled for the rows earlier versions wrote (``kind`` = ``exchange``,
 ``account_conn_id`` = ``exchange_conn_id``: only exchange accounts existed then). It runs on a cursor inside
 the caller's transaction, so a failed migration changes nothing.
+
+:func:`schema_is_current` answers, with one catalogue query, whether :func:`create_and_migrate` would
+change anything; a warehouse that is already current then needs no DDL, no lock and no transaction.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import Any
 from coinstats_provider.warehouse.schema import PORTFOLIOS_TABLE, TABLES, Dialect, TableSpec
 from coinstats_provider.warehouse.values import decimal_text, exact_number
 
-__all__ = ["create_and_migrate"]
+__all__ = ["create_and_migrate", "schema_is_current"]
 
 log = logging.getLogger(__name__)
 
 #: Column types that earlier versions used for what is now ``DECIMAL``.
 _LEGACY_FLOAT_TYPES = frozenset({"DOUBLE PRECISION", "DOUBLE", "REAL", "FLOAT", "FLOAT8", "NUMERIC"})
+#: PostgreSQL ``information_schema`` data types of legacy float columns.
+_LEGACY_POSTGRES_TYPES = frozenset({"DOUBLE PRECISION", "REAL"})
 
 
 def create_and_migrate(cur: Any, dialect: Dialect, batch_size: int) -> None:
@@ -48,6 +53,47 @@ def create_and_migrate(cur: Any, dialect: Dialect, batch_size: int) -> None:
             _migrate_sqlite(cur, table, batch_size)
         else:
             _migrate_postgres(cur, table)
+
+
+def schema_is_current(cur: Any, dialect: Dialect) -> bool:
+    """Whether every table exists with every column and no legacy float column (one catalogue query).
+
+    True exactly when :func:`create_and_migrate` would be a no-op: it creates no table, adds no column
+    and converts no column.
+
+    :param cur: A DB-API cursor (no transaction needed: it only reads the catalogue).
+    :param dialect: ``sqlite`` or ``postgres``.
+    """
+    names = tuple(TABLES)
+    if dialect == "sqlite":
+        marks = ", ".join("?" for _ in names)
+        cur.execute(
+            "SELECT m.name, p.name, p.type FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p "  # noqa: S608
+            f"WHERE m.type = 'table' AND m.name IN ({marks})",
+            names,
+        )
+    else:
+        marks = ", ".join("%s" for _ in names)
+        # pg_catalog, not information_schema: the same answer without the views' privilege joins.
+        cur.execute(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "  # noqa: S608
+            "FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+            f"AND a.attnum > 0 AND NOT a.attisdropped AND c.relname IN ({marks})",
+            names,
+        )
+    found: dict[str, dict[str, str]] = {}
+    for table, column, kind in cur.fetchall():
+        found.setdefault(str(table), {})[str(column)] = str(kind or "").upper()
+    return all(_table_is_current(table, found.get(table.name, {}), dialect) for table in TABLES.values())
+
+
+def _table_is_current(table: TableSpec, types: dict[str, str], dialect: Dialect) -> bool:
+    """Whether ``table``'s catalogue entry (column -> upper-case type) has every column, none legacy."""
+    if any(name not in types for name in table.column_names):
+        return False
+    legacy = _LEGACY_FLOAT_TYPES if dialect == "sqlite" else _LEGACY_POSTGRES_TYPES
+    return not any(types[c] in legacy for c in table.decimal_columns)
 
 
 def _existing_columns(cur: Any, table: TableSpec, dialect: Dialect) -> set[str]:
@@ -114,7 +160,7 @@ def _migrate_postgres(cur: Any, table: TableSpec) -> None:
         (table.name,),
     )
     types = {str(name): str(kind).upper() for name, kind in cur.fetchall()}
-    legacy = sorted(c for c in table.decimal_columns if types.get(c) in {"DOUBLE PRECISION", "REAL"})
+    legacy = sorted(c for c in table.decimal_columns if types.get(c) in _LEGACY_POSTGRES_TYPES)
     if not legacy:
         return
     # Shortest exact text of each float (extra_float_digits > 0), then NUMERIC: no digit is invented or lost.
