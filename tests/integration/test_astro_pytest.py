@@ -76,5 +76,6 @@ def test_astro_dev_parse_runs_the_integrity_test_and_it_passes(tmp_path: Path) -
     # The template iterates ``dag_bag.dags`` (DAG ids) and makes each relative to AIRFLOW_HOME: keep the last part.
     assert {Path(line.split("[", 1)[1].rsplit("]", 1)[0]).name for line in passed} == {
         "coinstats_connect_accounts",
+        "coinstats_portfolio_report",
         "coinstats_portfolio_sync",
     }, passed
