@@ -88,4 +88,8 @@ def test_dockerfile_installs_the_project_as_a_registered_provider(tmp_path: Path
     shown = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, check=True)
     info = json.loads(shown.stdout)
     assert info["package-name"] == DIST
-    assert {c["connection-type"] for c in info["connection-types"]} == {"coinstats", "coinstats_exchange", "coinstats_wallet"}
+    assert {c["connection-type"] for c in info["connection-types"]} == {
+        "coinstats",
+        "coinstats_exchange",
+        "coinstats_wallet",
+    }
