@@ -169,10 +169,12 @@ class AirflowStack:
         self.admin_password = f"admin-{secrets.token_hex(8)}"
         #: Every secret the stack configures; none of them may ever show up in a log, XCom or page.
         self.canaries: dict[str, str] = {"api_key": new_canary("APIK")}
+        # The kind of secret leads the label, so no two canaries share 8 consecutive characters (the leak
+        # check's fragment): the Login is shown in the connection form, the others never.
         for conn_id, exchange in EXCHANGE_ACCOUNTS.items():
-            self.canaries[f"{conn_id}.login"] = new_canary(f"{exchange.upper()[:3]}K")
-            self.canaries[f"{conn_id}.password"] = new_canary(f"{exchange.upper()[:3]}S")
-        self.canaries["coinstats_exchange_okx.passphrase"] = new_canary("OKXP")
+            self.canaries[f"{conn_id}.login"] = new_canary(f"K{exchange.upper()[:3]}")
+            self.canaries[f"{conn_id}.password"] = new_canary(f"S{exchange.upper()[:3]}")
+        self.canaries["coinstats_exchange_okx.passphrase"] = new_canary("POKX")
         self._sandbox_overrides = dict(sandbox_config or {})
         self.sandbox: SandboxServer | None = None
         self.home: Path | None = None

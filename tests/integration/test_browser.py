@@ -491,13 +491,13 @@ def test_trigger_from_the_params_form(browser: Browser, airflow_stack: AirflowSt
     browser.click(button("Trigger"))
     form = dialog("Run Parameters")
     text = browser.wait_text(*PARAM_TITLES, scope=form)
-    assert "coinstats_exchange connection ids to sync" in text
+    assert "coinstats_exchange and coinstats_wallet connection ids to sync" in text
     assert browser.js(f"({form}).querySelector('textarea[name=element_datasets]').value").split() == [
         "value",
         "coins",
         "transactions",
     ]
-    browser.type(f"({form}).querySelector('textarea[name=element_exchange_conn_ids]')", "\n".join(EXCHANGE_ACCOUNTS))
+    browser.type(f"({form}).querySelector('textarea[name=element_account_conn_ids]')", "\n".join(EXCHANGE_ACCOUNTS))
     browser.screenshot("09-trigger-params-form")
     browser.type(f"({form}).querySelector('input[name=element_sync_poll_seconds]')", "2", replace=True)
     browser.screenshot("10-trigger-params-form-poll-interval")
@@ -506,7 +506,7 @@ def test_trigger_from_the_params_form(browser: Browser, airflow_stack: AirflowSt
     run_path = browser.wait_js("the new run's page", "location.pathname.includes('/runs/') && location.pathname")
     run_id = unquote(str(run_path).rsplit("/runs/", 1)[1])
     posted = browser.posted(f"/api/v2/dags/{DAG_ID}/dagRuns")[-1]["conf"]
-    assert posted["exchange_conn_ids"] == list(EXCHANGE_ACCOUNTS)
+    assert posted["account_conn_ids"] == list(EXCHANGE_ACCOUNTS)
     assert posted["sync_poll_seconds"] == 2
     assert posted["datasets"] == ["value", "coins", "transactions"]
     assert posted["deferrable"] is True
