@@ -165,8 +165,7 @@ def exchange_conn(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """An initialised Airflow metadata DB (SQLite) for ``dag.test()`` runs."""
+def _migrated_airflow_db() -> Path:
     subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
         check=True,
@@ -174,6 +173,19 @@ def airflow_db() -> Path:
         env=os.environ.copy(),
     )
     return AIRFLOW_HOME / "airflow.db"
+
+
+@pytest.fixture
+def airflow_db(_migrated_airflow_db: Path) -> Path:
+    """An initialised Airflow metadata DB (SQLite) for ``dag.test()`` runs, checked through this process's engine."""
+    import sqlalchemy
+    from airflow import settings
+
+    if "task_instance" not in sqlalchemy.inspect(settings.engine).get_table_names():
+        from airflow.utils.db import initdb
+
+        initdb()
+    return _migrated_airflow_db
 
 
 def assert_no_canary(*texts: object) -> None:
