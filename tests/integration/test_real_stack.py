@@ -15,6 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from coinstats_provider.warehouse.schema import DATASETS, DEFAULT_DATASETS
 from tests.helpers.airflow_stack import DAG_ID, EXCHANGE_ACCOUNTS, AirflowStack, wait_until
 from tests.helpers.canary import assert_no_fragment, new_canary
 
@@ -126,10 +127,14 @@ def test_triggered_run_succeeds_and_defers_to_the_triggerer(
     for ti in tis:
         by_task.setdefault(ti["task_id"], []).append(ti)
     assert len(by_task["connect_exchange_portfolio"]) == len(EXCHANGE_ACCOUNTS)
-    # Every account fits into one run, so the follow-up-run branch is skipped and everything else succeeded.
-    follow_up = {"remaining_accounts_conf", "continue_with_remaining_accounts"}
-    assert {ti["state"] for ti in tis if ti["task_id"] in follow_up} == {"skipped"}
-    assert {ti["state"] for ti in tis if ti["task_id"] not in follow_up} == {"success"}
+    # Skipped by design, everything else succeeded: every account fits into one run (no follow-up run),
+    # there are no wallets and nothing to prune (empty mappings), and the opt-in datasets are not selected.
+    opt_in = [name for name in DATASETS if name not in DEFAULT_DATASETS]
+    skipped = {"remaining_accounts_conf", "continue_with_remaining_accounts", "connect_wallet_portfolio"}
+    skipped |= {"prune_removed_portfolio", *(f"portfolio.load_{name}" for name in opt_in)}
+    states = {task_id: {ti["state"] for ti in group} for task_id, group in by_task.items()}
+    expected = {task_id: {"skipped" if task_id in skipped else "success"} for task_id in states}
+    assert states == expected, states
     sync_tis = by_task[SYNC_TASK]
     assert sorted(ti["map_index"] for ti in sync_tis) == [0, 1, 2]
 
