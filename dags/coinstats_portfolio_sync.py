@@ -3,7 +3,8 @@
 ``resolve_accounts`` → ``connect_exchange_portfolio`` / ``connect_wallet_portfolio`` (mapped, by connection
 type) → ``register_portfolios`` → per portfolio (mapped group, labelled by account): ``sync`` (deferrable
 wait) → ``load_value`` / ``load_coins`` / ``load_transactions`` (and
-the opt-in ``load_chart`` / ``load_defi`` / ``load_snapshot``, skipped unless selected) → ``summary``.
+the opt-in ``load_chart`` / ``load_defi`` / ``load_snapshot``; ``select_datasets`` has the scheduler skip
+the loads of unselected datasets without starting them) → ``summary``.
 Accounts come from the
 ``account_conn_ids`` Param (and the older ``exchange_conn_ids``) or, when both are empty, from the Variable
 ``coinstats_account_conn_ids`` (else the older ``coinstats_exchange_conn_ids``) read at run time. Accounts
@@ -339,6 +340,19 @@ with DAG(
 
     recorded = record_pruned(pruned.output)  # type: ignore[arg-type]
 
+    @task.branch
+    def select_datasets() -> list[str]:
+        """The load tasks of the datasets this run selects; Airflow's scheduler skips the others.
+
+        Skipped here, once per run, an unselected load never starts: no worker process and no pool slot
+        per portfolio (a load also skips itself when it is not selected, if it is ever started).
+        """
+        selected = get_current_context()["params"]["datasets"]
+        return [f"portfolio.load_{dataset}" for dataset in DATASETS if dataset in selected]
+
+    selected = select_datasets()
+    accounts >> selected
+
     @task_group(group_id="portfolio")
     def sync_and_load(
         portfolio_id: str,
@@ -377,7 +391,7 @@ with DAG(
                 transactions_overlap_hours="{{ params.transactions_overlap_hours }}",
                 full_every_days="{{ params.full_every_days }}",
             )
-            sync >> load
+            [sync, selected] >> load
 
     sync_and_load.expand_kwargs(registered)
 

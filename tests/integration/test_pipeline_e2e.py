@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from coinstats_provider.warehouse.schema import DATASETS, DEFAULT_DATASETS
 from include.coinstats_sandbox import SandboxConfig, SandboxServer
 from tests.conftest import CANARIES, ROOT, assert_no_canary, set_connection
 from tests.helpers.postgres_server import PostgresServer
@@ -125,6 +126,10 @@ def test_reruns_and_faults_leave_sqlite_tables_identical(
     caplog.set_level("INFO")
     first = run(dag, accounts)
     assert first.state == "success", states(first)
+    # The opt-in datasets are not selected: the scheduler skipped their loads, none was started.
+    for dataset in set(DATASETS) - set(DEFAULT_DATASETS):
+        tis = [ti for ti in first.get_task_instances() if ti.task_id == f"portfolio.load_{dataset}"]
+        assert [(ti.state, ti.try_number) for ti in tis] == [("skipped", 0)], dataset
     summary = summary_of(first)
     assert {p["status"] for p in summary["portfolios"]} == {"connected"}
     assert summary["rows"] == {

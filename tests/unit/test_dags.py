@@ -145,7 +145,11 @@ def test_main_dag_shape_pool_and_assets() -> None:
     assert dag.get_task("summary").upstream_task_ids == {"portfolio.sync", *loads, "record_pruned"}
     assert dag.get_task("summary").trigger_rule == "none_failed"
     for task_id in loads:
-        assert dag.get_task(task_id).upstream_task_ids == {"portfolio.sync", "register_portfolios"}
+        assert dag.get_task(task_id).upstream_task_ids == {"portfolio.sync", "register_portfolios", "select_datasets"}
+    # The branch before the loads lets the scheduler skip unselected loads without starting them.
+    assert dag.get_task("select_datasets").inherits_from_skipmixin
+    assert dag.get_task("select_datasets").downstream_task_ids == loads
+    assert dag.get_task("select_datasets").upstream_task_ids == {"resolve_accounts"}
     assert dag.get_task("register_portfolios").upstream_task_ids == {
         "resolve_accounts",
         "wallet_accounts",
@@ -159,3 +163,28 @@ def test_main_dag_shape_pool_and_assets() -> None:
     # The follow-up conf reads resolve_accounts' XCom "remaining": it must run after it, or it would skip.
     assert "resolve_accounts" in dag.get_task("remaining_accounts_conf").upstream_task_ids
     assert dag.get_task("continue_with_remaining_accounts").upstream_task_ids == {"remaining_accounts_conf"}
+
+
+def test_the_load_floor_has_the_shape_of_the_real_dag() -> None:
+    """``bench/coinstats_load_floor.py`` is only a fair floor while its tasks, edges, pools and rules match."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    floor_bag = DagBag(str(ROOT / "bench" / "coinstats_load_floor.py"))
+    assert floor_bag.import_errors == {}
+    floor = floor_bag.dags["coinstats_load_floor"]
+    real = _dagbag().dags["coinstats_portfolio_sync"]
+
+    def shape(dag: Any) -> dict[str, Any]:
+        return {
+            t.task_id: (
+                sorted(t.upstream_task_ids),
+                t.pool,
+                str(t.trigger_rule),
+                t.inherits_from_skipmixin,
+                t.get_needs_expansion(),
+                t.retries,
+            )
+            for t in dag.tasks
+        }
+
+    assert shape(floor) == shape(real)
