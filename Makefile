@@ -14,7 +14,9 @@ PYTEST_ARGS ?=
 $(STAMP): requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
 	$(UV) venv -q --allow-existing --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')" $(VENV)
-	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	# --compile-bytecode: installed packages ship their .pyc, as pip-built images do. Without them every
+	# Airflow process (each task, each CLI call) compiles Airflow from source: `import airflow.sdk` 5-6 s.
+	$(UV) pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
