@@ -88,8 +88,8 @@ class SyncPortfolioOperator(BaseOperator):
     state (``credits``, saved after every paid call) and a try only spends what is left; a try that finds
     nothing left fails without retrying. The trigger's poll allowance is derived from the credits left at
     defer time. While deferred the state also holds the wait (``wait``: start, interval, deadline, allowance),
-    so a try that follows a wait which never resumed (deferral timeout, lost worker) counts the polls that
-    wait may have made. The trigger's event counts the polls CoinStats charged it; the polls an earlier
+    so a try that follows a wait which never resumed (deferral timeout, lost worker) holds back from the
+    budget the polls that wait may have made. The trigger's event counts the polls CoinStats charged it; the polls an earlier
     trigger lost in a triggerer restart may have made (``earlier_polls_possible``) are not counted as spent
     but held back from the budget of later tries (``unseen``). The deferral has a timeout (the time left
     to the deadline plus a margin), so the task fails instead of waiting forever when no triggerer runs.
@@ -208,19 +208,22 @@ class SyncPortfolioOperator(BaseOperator):
         return self._poll_on_worker(context, state, meter, end_time, interval)
 
     def _count_unfinished_wait(self, context: Context, state: dict[str, Any]) -> None:
-        """Count the polls of a wait that never resumed into ``state``, then forget that wait.
+        """Hold back from the budget the polls of a wait that never resumed, then forget that wait.
 
-        An earlier try deferred and never came back (deferral timeout, lost worker); its trigger may
-        have polled until then.
+        An earlier try deferred and never came back (deferral timeout, lost worker, Airflow's race on
+        resumed deferred tasks); its trigger may have polled until then. Nobody saw those answers, so they
+        are not counted as spent (``credits``), only kept from the budget of this and later tries
+        (``unseen``), as the polls a lost trigger may have made are.
         """
         polls = self._unfinished_wait_polls(state.pop("wait"))
-        state["credits"] += polls * POLL_COST
+        if polls:
+            state["unseen"] = int(state.get("unseen") or 0) + polls * POLL_COST
         self.log.warning(
-            "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; counting the "
-            "%d status polls (%d credits) that trigger may have made",
+            "Portfolio %s: an earlier try of this task stopped while its trigger was waiting; holding back "
+            "%d credits of the budget for the %d status polls that trigger may have made (not counted as spent)",
             self.portfolio_id,
-            polls,
             polls * POLL_COST,
+            polls,
         )
         self._save_state(context, state)
 
