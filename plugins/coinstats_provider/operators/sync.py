@@ -89,10 +89,11 @@ class SyncPortfolioOperator(BaseOperator):
     nothing left fails without retrying. The trigger's poll allowance is derived from the credits left at
     defer time. While deferred the state also holds the wait (``wait``: start, interval, deadline, allowance),
     so a try that follows a wait which never resumed (deferral timeout, lost worker) holds back from the
-    budget the polls that wait may have made. The trigger's event counts the polls CoinStats charged it; the polls an earlier
-    trigger lost in a triggerer restart may have made (``earlier_polls_possible``) are not counted as spent
-    but held back from the budget of later tries (``unseen``). The deferral has a timeout (the time left
-    to the deadline plus a margin), so the task fails instead of waiting forever when no triggerer runs.
+    budget the polls that wait may have made. The trigger's event counts the polls CoinStats charged it;
+    the polls an earlier trigger lost in a triggerer restart may have made (``earlier_polls_possible``) are
+    not counted as spent but held back from the budget of later tries (``unseen``). The deferral has a
+    timeout (the time left to the deadline plus a margin), so the task fails instead of waiting forever
+    when no triggerer runs.
 
     :param portfolio_id: The portfolio to sync (always sent: without it CoinStats syncs all at 10x).
     :param coinstats_conn_id: CoinStats connection.
