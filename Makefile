@@ -37,9 +37,10 @@ test-fast: setup ## Unit tests only (no real Airflow runs, no PostgreSQL).
 
 MUTATION_ARGS ?= --max-children 2
 mutation: setup ## Mutation testing of the secret- and credit-critical modules (slow, not in `make test`); see docs/mutation.md.
-	rm -rf .mutation && mkdir .mutation
-	for path in $$(ls -A | grep -vx -e .git -e .venv -e .mutation -e plugins); do ln -s ../$$path .mutation/$$path; done
-	ln -s ../plugins .mutation/src
+	# .mutation/ is kept between runs: mutmut keeps each mutant's verdict there, so modules can be run one at a time.
+	mkdir -p .mutation
+	for path in $$(ls -A | grep -vx -e .git -e .venv -e .mutation -e plugins); do ln -sfn ../$$path .mutation/$$path; done
+	ln -sfn ../plugins .mutation/src
 	cd .mutation && ../$(BIN)/mutmut run $(MUTATION_ARGS); rc=$$?; ../$(BIN)/mutmut results; exit $$rc
 	$(MAKE) -s mutation-score
 
