@@ -153,6 +153,33 @@ def test_meter_with_nothing_left_fails_naming_budget_spent_and_fix() -> None:
     assert not info.value.retryable
 
 
+def test_carrying_over_again_replaces_the_earlier_figure_and_keeps_this_tries_spend() -> None:
+    meter = CreditMeter(100)
+    meter.record("GET", "/portfolio/value", 10)  # this try spent 10 before the state was read
+
+    meter.carry_over(25)
+    assert (meter.spent, meter.earlier, meter.spent_this_try) == (35, 25, 10)
+    meter.carry_over(30)  # a later read of the state store: 30, not 25 + 30
+    assert (meter.spent, meter.earlier, meter.spent_this_try) == (40, 30, 10)
+
+
+def test_a_negative_earlier_figure_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^credits spent by earlier tries must be >= 0$"):
+        CreditMeter(10).carry_over(-1)
+
+
+def test_a_used_up_budget_names_the_default_state_key_and_how_to_go_on() -> None:
+    with pytest.raises(CoinStatsCreditBudgetExceeded) as info:
+        CreditMeter(10).carry_over(10)
+
+    assert str(info.value) == (
+        "Credit budget used up: earlier tries of this task spent 10 of its budget of 10 credits, so this try "
+        "cannot send a paid request. Retrying cannot help: raise the budget (the DAG's credit budget Param or "
+        "connection extra 'credit_budget') in a new DAG run, or delete the task state key "
+        "'coinstats_credits_spent' of this task instance to grant it a fresh budget."
+    )
+
+
 def test_zero_budget_without_earlier_tries_is_left_to_the_call_check() -> None:
     meter = CreditMeter(0)
     meter.carry_over(0)  # nothing spent yet: the first call fails with the usual "budget exceeded"

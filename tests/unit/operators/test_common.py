@@ -119,3 +119,12 @@ def test_credits_helpers_push_and_log() -> None:
 
     assert pushed == [("credits_spent", 42)]
     assert lines == ["CoinStats credits spent by this task: 42 (30 by earlier tries)"]
+
+
+def test_an_unreadable_credit_budget_is_quoted_cut_to_40_characters() -> None:
+    value = "x" * 39 + "ABCDEFGHIJ"  # a rendered template can be long; the message quotes its first 40 characters
+    with pytest.raises(CoinStatsConfigError) as info:
+        parse_credit_budget(value, "sync")
+
+    assert f"not {value[:40]!r}." in str(info.value)
+    assert "BCDEFGHIJ" not in str(info.value)

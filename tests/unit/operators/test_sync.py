@@ -208,7 +208,19 @@ def test_templates_render_from_params() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), (False, False), ("True", True), ("false", False), ("False", False), (" yes ", True), ("0", False)],
+    [
+        (True, True),
+        (False, False),
+        ("True", True),
+        ("false", False),
+        ("False", False),
+        (" yes ", True),
+        ("0", False),
+        ("1", True),
+        ("on", True),
+        (" ON ", True),
+        ("off", False),
+    ],
 )
 def test_as_bool(value: Any, expected: bool) -> None:
     assert as_bool(value) is expected

@@ -583,3 +583,39 @@ def test_keyer_rejects_bad_arguments() -> None:
         TransactionKeyer(max_dates=0)
     with pytest.raises(ValueError, match="not an object"):
         TransactionKeyer().key(PORTFOLIO, ["x"])  # type: ignore[arg-type]
+
+
+def test_item_ids_under_transfers_identify_a_portfolio_transaction() -> None:
+    # Portfolio transactions list their movements under "transfers", exchange ones under "transactions".
+    portfolio_tx: dict[str, Any] = {
+        "transactionType": "Sent",
+        "date": "2024-01-01T00:00:00.000Z",
+        "transfers": [{"transferType": "Sent", "items": [{"id": "t-2", "count": 1}, {"id": "t-1", "count": 2}]}],
+    }
+    assert transaction_identity(portfolio_tx) == ["items", ["t-1", "t-2"]]
+
+
+def test_identity_fields_are_exact_and_stable() -> None:
+    # Keys are stored in the warehouse: their identity must not change between releases, or a rerun after an
+    # upgrade would see every stored transaction as new. A coin known only by "id" is named by it; numbers
+    # are plain decimals (zero as "0", 1E+2 as "100", 1.10 as "1.1").
+    item: dict[str, Any] = {
+        "transactionType": "Buy",
+        "date": "2024-01-01T00:00:00.000Z",
+        "coinData": {"identifier": "bitcoin", "count": "1.10"},
+        "fee": {"coin": {"id": "ethereum"}, "count": "0.000"},
+        "transfers": [{"transferType": "Received", "items": [{"coin": {"id": "bitcoin"}, "count": "1E+2"}]}],
+    }
+    assert transaction_identity(item) == [
+        "content",
+        "Buy",
+        "2024-01-01T00:00:00.000Z",
+        "bitcoin",
+        "1.1",
+        "ethereum",
+        "0",
+        [["transfers", "Received", [["bitcoin", "100", None, None]]]],
+    ]
+    by_identifier = copy.deepcopy(item)
+    by_identifier["fee"]["coin"] = {"identifier": "ethereum", "id": "other"}  # "identifier" wins over "id"
+    assert transaction_identity(by_identifier) == transaction_identity(item)
