@@ -128,3 +128,18 @@ def test_an_unreadable_credit_budget_is_quoted_cut_to_40_characters() -> None:
 
     assert f"not {value[:40]!r}." in str(info.value)
     assert "BCDEFGHIJ" not in str(info.value)
+
+
+def test_credits_line_without_a_breakdown_ends_at_the_figure(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from coinstats_provider.operators._common import log_credits_spent
+
+    caplog.set_level(logging.INFO)
+    log_credits_spent(logging.getLogger("coinstats.test"), 16)
+    log_credits_spent(logging.getLogger("coinstats.test"), 30, " (%d by earlier tries)", 12)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "CoinStats credits spent by this task: 16",
+        "CoinStats credits spent by this task: 30 (12 by earlier tries)",
+    ]

@@ -619,3 +619,36 @@ def test_identity_fields_are_exact_and_stable() -> None:
     by_identifier = copy.deepcopy(item)
     by_identifier["fee"]["coin"] = {"identifier": "ethereum", "id": "other"}  # "identifier" wins over "id"
     assert transaction_identity(by_identifier) == transaction_identity(item)
+
+
+def test_exchange_transfers_without_item_ids_are_identified_by_their_content() -> None:
+    # An exchange transaction lists its movements under "transactions" (typed by "action"); without item
+    # ids, each movement's coin, count and addresses identify it. A movement without items has no parts.
+    exchange_tx: dict[str, Any] = {
+        "type": "Sent",
+        "date": "2024-01-01T00:00:00.000Z",
+        "transactions": [
+            {"action": "Sent", "items": [{"coin": {"identifier": "bitcoin"}, "count": "2", "toAddress": "x"}]},
+            {"action": "Fee"},
+        ],
+    }
+    identity = transaction_identity(exchange_tx)
+    assert identity[:3] == ["content", "Sent", "2024-01-01T00:00:00.000Z"]  # "type" when no "transactionType"
+    assert identity[-1] == [
+        ["transactions", "Sent", [["bitcoin", "2", None, "x"]]],
+        ["transactions", "Fee", []],
+    ]
+
+
+def test_empty_ids_do_not_identify_and_a_movement_without_items_is_passed_over() -> None:
+    item: dict[str, Any] = {
+        "hash": {"id": ""},
+        "transactionType": "Sent",
+        "transfers": [{"transferType": "Fee"}, {"items": [{"id": ""}, {"id": "t-1"}]}],
+    }
+    assert transaction_identity(item) == ["items", ["t-1"]]
+
+
+def test_a_transaction_that_is_not_an_object_is_refused_naming_its_type() -> None:
+    with pytest.raises(ValueError, match=r"^transaction is not an object \(got list\)$"):
+        TransactionKeyer().key(PORTFOLIO, ["not", "an", "object"])
