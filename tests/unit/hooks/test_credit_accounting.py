@@ -129,3 +129,26 @@ def test_credit_meter_unit() -> None:
     assert meter.remaining == 4
     with pytest.raises(ValueError):
         CreditMeter(budget=-1)
+
+
+def test_a_call_over_budget_is_refused_with_the_whole_story() -> None:
+    meter = CreditMeter(10)
+    meter.record("GET", "/portfolio/value", 5)
+    with pytest.raises(CoinStatsCreditBudgetExceeded) as info:
+        meter.check("GET", "/portfolio/value", 10)
+
+    assert str(info.value) == (
+        "Credit budget exceeded: GET /portfolio/value costs 10 credits, 5 of the budget of 10 are already spent. "
+        "The call was not sent. Raise the budget (connection extra 'credit_budget' or the DAG's credit budget "
+        "Param) or sync fewer datasets."
+    )
+
+
+def test_calls_are_counted_per_route() -> None:
+    meter = CreditMeter()
+    for _ in range(3):
+        meter.record("GET", "/portfolio/value", 10)
+    meter.record("PATCH", "/portfolio/sync", 30)
+
+    assert sorted(meter.calls.values()) == [1, 3]
+    assert meter.spent == 60
