@@ -652,3 +652,23 @@ def test_empty_ids_do_not_identify_and_a_movement_without_items_is_passed_over()
 def test_a_transaction_that_is_not_an_object_is_refused_naming_its_type() -> None:
     with pytest.raises(ValueError, match=r"^transaction is not an object \(got list\)$"):
         TransactionKeyer().key(PORTFOLIO, ["not", "an", "object"])
+
+
+def test_the_keyer_window_keeps_exactly_max_dates_dates() -> None:
+    with pytest.raises(ValueError, match=r"^max_dates must be at least 1$"):
+        TransactionKeyer(max_dates=0)
+    twin = {"transactionType": "Buy", "coinData": {"identifier": "bitcoin", "count": 1}}
+    keyer = TransactionKeyer(max_dates=1)  # one date is enough for twins that follow each other
+    first, second = (keyer.key(PORTFOLIO, twin | {"date": "d1"}) for _ in range(2))
+    assert (first[-2:], second[-2:]) == ("-0", "-1")
+
+    keyer = TransactionKeyer(max_dates=2)
+    ordinals = [keyer.key(PORTFOLIO, twin | {"date": date})[-2:] for date in ("d1", "d2", "d1", "d3", "d2")]
+    # d1 and d2 both fit the window, so d1's twin is "-1"; d3 then evicts d2 (the least recently used).
+    assert ordinals == ["-0", "-0", "-1", "-0", "-0"]
+
+
+def test_a_date_that_is_not_text_still_buckets_its_twins() -> None:
+    keyer = TransactionKeyer()
+    twin = {"transactionType": "Buy", "date": {"unexpected": ["shape"]}, "coinData": {"count": 1}}
+    assert [keyer.key(PORTFOLIO, twin)[-2:] for _ in range(2)] == ["-0", "-1"]
