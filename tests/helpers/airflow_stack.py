@@ -682,8 +682,21 @@ class AirflowStack:
         return list(self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"])
 
     def finish_run(self, run_id: str, *, dag_id: str = DAG_ID, timeout: float = 60) -> None:
-        """Mark a run failed (as the UI's "Mark run as failed" does) and wait until none of its tasks runs."""
-        self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": "failed"})
+        """Mark a run failed (as the UI's "Mark run as failed" does) and wait until none of its tasks runs.
+
+        The scheduler may be updating the same run's rows at that moment; PostgreSQL then breaks the
+        deadlock by failing one side, and the api-server answers 500 "Database error". As a user clicking
+        again would, the mark is retried (it is idempotent) until the run reads ``failed``.
+        """
+        path = f"/dags/{dag_id}/dagRuns/{run_id}"
+
+        def marked() -> bool:
+            if self.api("GET", path)["state"] == "failed":
+                return True
+            self.api("PATCH", path, json={"state": "failed"}, expect=(200, 500))
+            return self.api("GET", path)["state"] == "failed"
+
+        wait_until(f"run {run_id} to be marked failed", marked, timeout=timeout, interval=1, check=self.check_alive)
 
         def settled() -> bool:
             tis = self.task_instances(run_id, dag_id=dag_id)
