@@ -9,7 +9,7 @@ UV := $(PYTHON) -m uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup lint test test-fast mutation mutation-score demo sandbox lock dist clean
+.PHONY: setup lint test test-fast mutation mutation-check mutation-score demo sandbox lock dist clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
@@ -43,6 +43,9 @@ mutation: setup ## Mutation testing of the secret- and credit-critical modules (
 	ln -sfn ../plugins .mutation/src
 	cd .mutation && ../$(BIN)/mutmut run $(MUTATION_ARGS); rc=$$?; ../$(BIN)/mutmut results; exit $$rc
 	$(MAKE) -s mutation-score
+
+mutation-check: setup ## Re-check one mutant by hand: make mutation-check MUTANT='<name>' TESTS='<tests and pytest options>'.
+	cd .mutation && MUTANT_UNDER_TEST='$(MUTANT)' PYTHONPATH=mutants/src ../$(BIN)/python -m pytest -q -x -p no:cacheprovider $(TESTS)
 
 mutation-score: ## Per-module counts of the last `make mutation` run (killed, survived, timeout, not checked).
 	@cd .mutation && ../$(BIN)/mutmut results --all true | sed -E 's/^ +//' \

@@ -1,4 +1,4 @@
-"""Warehouse probes for tests and benchmarks: row counts and a recorder of staged batches."""
+"""Warehouse probes for tests and benchmarks: row counts, a recorder of staged batches and of locks taken."""
 
 from __future__ import annotations
 
@@ -88,3 +88,20 @@ def staged_batches(wh: CoinStatsWarehouse, on_batch: Callable[[int], None]) -> I
         yield
     finally:
         del hook.get_conn
+
+
+def record_locks(wh: CoinStatsWarehouse, monkeypatch: Any) -> list[tuple[str, ...]]:
+    """Record the lock values of every transaction ``wh`` begins (its PostgreSQL advisory lock key).
+
+    :param wh: The warehouse to watch.
+    :param monkeypatch: pytest's ``monkeypatch`` fixture (undoes the patch after the test).
+    """
+    taken: list[tuple[str, ...]] = []
+    begin = wh._begin
+
+    def spy(conn: Any, cur: Any, *lock_parts: str) -> Any:
+        taken.append(lock_parts)
+        return begin(conn, cur, *lock_parts)
+
+    monkeypatch.setattr(wh, "_begin", spy)
+    return taken

@@ -150,14 +150,16 @@ class CoinStatsWarehouse(WarehouseDatabase):
             self._upsert(cur, _PORTFOLIOS, values)
 
     def _upsert(self, cur: Any, spec: TableSpec, values: Mapping[str, Any]) -> None:
-        """Insert or update one row of ``spec`` keyed by its primary key; only ``values``' columns are written."""
+        """Insert or update one row of ``spec`` keyed by its primary key; only ``values``' columns are written.
+
+        ``values`` holds at least one column besides the key (callers stamp ``updated_at`` or write a whole row).
+        """
         columns = [c for c in spec.column_names if c in values]
-        updates = [f"{c} = excluded.{c}" for c in columns if c not in spec.primary_key]
-        action = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in spec.primary_key)
         sql = (
             f"INSERT INTO {spec.name} ({', '.join(columns)}) "  # noqa: S608
             f"VALUES ({', '.join(self.placeholder for _ in columns)}) "
-            f"ON CONFLICT ({', '.join(spec.primary_key)}) {action}"
+            f"ON CONFLICT ({', '.join(spec.primary_key)}) DO UPDATE SET {updates}"
         )
         cur.execute(sql, tuple(values[c] for c in columns))
 
@@ -419,9 +421,7 @@ class CoinStatsWarehouse(WarehouseDatabase):
         (repeated,) = cur.fetchone()
         return int(repeated)
 
-    def _merge_staged_transactions(
-        self, cur: Any, stage: str, portfolio_id: str, delete: bool = True
-    ) -> tuple[int, int, int]:
+    def _merge_staged_transactions(self, cur: Any, stage: str, portfolio_id: str, delete: bool) -> tuple[int, int, int]:
         """Update changed rows, insert new keys, move vanished keys to the history (``delete``); return the counts."""
         ph = self.placeholder
         table = _TRANSACTIONS.name

@@ -98,8 +98,11 @@ def test_429_without_retry_after_uses_exponential_backoff(
         assert ceiling / 2 <= delay <= ceiling, (attempt, delay)
     assert hook.credits.retries == 3
     assert hook.credits.spent == 8
-    assert "retry 1 of 3" in logs.text
-    assert "HTTP 429" in logs.text
+    retries = [message for message in logs.messages if "retry" in message]
+    assert retries == [
+        f"CoinStats GET /portfolio/coins failed (HTTP 429); retry {n} of 3 in {delay:.1f} s"
+        for n, delay in enumerate(delays, start=1)
+    ]
     assert_no_canary(logs.text)
 
 
@@ -285,10 +288,10 @@ def test_transport_error_message_is_actionable(coinstats_conn: Any, rsps: respon
     with pytest.raises(CoinStatsTransportError) as info:
         hook.get_credit_usage()
 
-    text = str(info.value)
-    assert "ConnectTimeout" in text
-    assert BASE_URL in text
-    assert "timeout 5 s" in text
+    assert str(info.value) == (
+        f"CoinStats GET /usage/credits failed: ConnectTimeout talking to {BASE_URL} (timeout 5 s). Check that "
+        "the host is reachable or raise the connection extra 'timeout'."
+    )
     assert info.value.__cause__ is None
 
 

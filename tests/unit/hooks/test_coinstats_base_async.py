@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from coinstats_provider import __version__
 from coinstats_provider.exceptions import (
@@ -184,6 +185,10 @@ async def test_async_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None
         await hook.aget_portfolio_sync_status("pf-1")
 
     assert len(delays) == 1
+    assert str(info.value) == (
+        f"CoinStats GET /portfolio/status failed: ConnectError talking to {url} (timeout 2 s). Check that the "
+        "host is reachable or raise the connection extra 'timeout'."
+    )
     assert_no_canary(str(info.value))
 
 
@@ -222,6 +227,54 @@ async def test_async_settings_register_the_api_key_with_airflows_masker(
     hook = CoinStatsHook()
     settings = await hook.asettings()
     assert registered == [settings.api_key]
+
+
+def count_lookups(monkeypatch: pytest.MonkeyPatch, hook: CoinStatsHook, *, async_found: bool = True) -> list[str]:
+    """Record which connection lookups ``hook`` makes (``async:<id>`` / ``sync:<id>``)."""
+    calls: list[str] = []
+    sync_lookup, async_lookup = hook.get_connection, hook.aget_connection
+
+    async def alookup(conn_id: str) -> Any:
+        calls.append(f"async:{conn_id}")
+        if not async_found:
+            raise AirflowNotFoundException(f"The conn_id `{conn_id}` isn't defined")
+        return await async_lookup(conn_id)
+
+    def lookup(conn_id: str) -> Any:
+        calls.append(f"sync:{conn_id}")
+        return sync_lookup(conn_id)
+
+    monkeypatch.setattr(hook, "aget_connection", alookup)
+    monkeypatch.setattr(hook, "get_connection", lookup)
+    return calls
+
+
+async def test_async_settings_resolve_the_connection_once_without_blocking(
+    local_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_server.script = [(200, {"status": "synced"})]
+    hook, _ = make_async_hook()
+    lookups = count_lookups(monkeypatch, hook)
+
+    for _ in range(3):
+        assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert lookups == ["async:cs_async"]
+
+
+async def test_async_settings_fall_back_to_the_sync_lookup_where_only_it_reaches_the_connection(
+    local_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``airflow dags test`` runs triggers inline, where only the synchronous lookup reaches the DB."""
+    local_server.script = [(200, {"status": "synced"})]
+    hook, _ = make_async_hook()
+    lookups = count_lookups(monkeypatch, hook, async_found=False)
+
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert lookups == ["async:cs_async", "sync:cs_async"]
+    assert len(local_server.requests) == 2
 
 
 # -- credit budget of the async path (the same checks as the sync path's, tests/unit/hooks/test_credit_accounting.py)

@@ -16,16 +16,20 @@ from coinstats_provider.exceptions import (
     CoinStatsBadRequestError,
     CoinStatsConflictError,
     CoinStatsCreditsExhaustedError,
+    CoinStatsError,
     CoinStatsExchangeCredentialsError,
     CoinStatsInvalidApiKeyError,
     CoinStatsNotFoundError,
     CoinStatsPermissionError,
+    CoinStatsRateLimitError,
+    CoinStatsServerError,
 )
 from coinstats_provider.hooks.errors import (
     MAX_RETRY_AFTER,
     error_from_response,
     parse_retry_after,
     redact,
+    short_cause,
     transport_error,
 )
 from coinstats_provider.models import SyncStatus
@@ -429,3 +433,183 @@ def test_401_hints_say_what_to_fix(path: str, message: str, hint: str) -> None:
     err = error_from_response(401, body, path, (), "cs")
 
     assert hint in str(err)
+
+
+# -- 7. every message and hint, word for word ------------------------------------------------------
+#
+# What users read when a call fails is the provider's interface: each hint says what to fix. These pin
+# the whole text, so a dropped hint, a lost path or a changed word fails a test.
+
+NOT_FOUND_BASE_URL = (
+    "CoinStats has no {path} at this address; check the host (base URL) of connection 'cs' "
+    "(default https://openapiv1.coinstats.app)."
+)
+EXACT_ERRORS = [
+    pytest.param(
+        400,
+        "/portfolio/coins",
+        {"message": "Invalid parameter", "requestId": "r-1"},
+        CoinStatsBadRequestError,
+        "Check the request parameters.",
+        id="400",
+    ),
+    pytest.param(
+        402,
+        "/portfolio/coins",
+        {"message": "Payment required"},
+        CoinStatsCreditsExhaustedError,
+        "The CoinStats account has no credits left: upgrade the plan or wait for the renewal "
+        "(GET /usage/credits shows the balance). Retrying cannot help.",
+        id="402",
+    ),
+    pytest.param(
+        403,
+        "/portfolio/chart",
+        {"message": "Forbidden resource"},
+        CoinStatsPermissionError,
+        "The API key's plan does not include this endpoint; upgrade the CoinStats plan or use an API key "
+        "whose plan includes /portfolio/chart in connection 'cs'.",
+        id="403",
+    ),
+    pytest.param(
+        404,
+        "/portfolio/coins",
+        {"message": "Portfolio not found"},
+        CoinStatsNotFoundError,
+        "The portfolio does not exist for this API key; connect the exchange again.",
+        id="404-portfolio",
+    ),
+    pytest.param(
+        404,
+        "/portfolio/exchange",
+        {"message": "Cannot POST"},
+        CoinStatsNotFoundError,
+        NOT_FOUND_BASE_URL.format(path="/portfolio/exchange"),
+        id="404-connect-route",
+    ),
+    pytest.param(
+        404,
+        "/exchange/support",
+        {"message": "Cannot GET"},
+        CoinStatsNotFoundError,
+        NOT_FOUND_BASE_URL.format(path="/exchange/support"),
+        id="404-other-route",
+    ),
+    pytest.param(
+        409,
+        "/portfolio/transactions",
+        {"message": "Transactions not synced"},
+        CoinStatsConflictError,
+        "Trigger a portfolio sync and wait until GET /portfolio/status says synced.",
+        id="409",
+    ),
+    pytest.param(
+        429,
+        "/portfolio/coins",
+        {"message": "Too many requests"},
+        CoinStatsRateLimitError,
+        "Rate limited; lower the pool size.",
+        id="429",
+    ),
+    pytest.param(
+        503,
+        "/portfolio/coins",
+        {"message": "Service unavailable"},
+        CoinStatsServerError,
+        "CoinStats is having trouble; retry later.",
+        id="503",
+    ),
+    pytest.param(418, "/portfolio/coins", {"message": "I'm a teapot"}, CoinStatsAPIError, None, id="other"),
+]
+
+
+@pytest.mark.parametrize(("status", "path", "body", "expected", "hint"), EXACT_ERRORS)
+def test_each_error_says_what_to_fix_word_for_word(
+    status: int, path: str, body: dict[str, Any], expected: type, hint: str | None
+) -> None:
+    err = error_from_response(status, json.dumps(body).encode(), path, (), "cs")
+
+    assert type(err) is expected
+    assert (err.http_status, err.path, err.api_message, err.hint) == (status, path, body["message"], hint)
+    request = f" (requestId {body['requestId']})" if "requestId" in body else ""
+    tail = f". {hint}" if hint else ""
+    assert str(err) == f"CoinStats API error {status} on {path}: {body['message']}{request}{tail}"
+
+
+def test_an_error_field_stands_in_for_a_missing_message_and_request_id_for_request_id() -> None:
+    body = json.dumps({"error": "Bad Gateway", "request_id": "gw-7"}).encode()
+
+    err = error_from_response(502, body, "/portfolio/coins", (), "cs")
+
+    assert (err.api_message, err.request_id) == ("Bad Gateway", "gw-7")
+
+
+def test_a_long_request_id_is_cut_to_80_characters() -> None:
+    body = json.dumps({"message": "x", "requestId": "r" * 100}).encode()
+
+    err = error_from_response(500, body, "/portfolio/coins", (), "cs")
+
+    assert err.request_id == "r" * 80
+
+
+def test_a_nested_message_is_flattened_in_order_with_its_separators() -> None:
+    message = ["first", {"field": ["a", 1], "other": None}, 2.5]
+    body = json.dumps({"message": message}).encode()
+
+    err = error_from_response(400, body, "/portfolio/exchange", (), "cs")
+
+    assert err.api_message == "first; field: a; 1; other: None; 2.5"
+
+
+def nested(depth: int) -> Any:
+    """A message nested ``depth`` lists deep around the text ``core``."""
+    value: Any = "core"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("depth", "shown"),
+    [(8, "core"), (9, "..."), (4, "core")],
+)
+def test_nesting_deeper_than_eight_levels_is_cut(depth: int, shown: str) -> None:
+    body = json.dumps({"message": nested(depth)}).encode()
+
+    assert error_from_response(400, body, "/portfolio/coins", (), "cs").api_message == shown
+
+
+@pytest.mark.parametrize(("depth", "shown"), [(7, "key: v"), (8, "...: ...")])
+def test_nesting_is_counted_for_keys_and_values_alike(depth: int, shown: str) -> None:
+    message: Any = {"key": "v"}
+    for _ in range(depth):
+        message = [message]
+    body = json.dumps({"message": message}).encode()
+
+    assert error_from_response(400, body, "/portfolio/coins", (), "cs").api_message == shown
+
+
+@pytest.mark.parametrize("secret", [*ODD_SECRETS, 'clé-"ünï\\-CANARY'])
+@pytest.mark.parametrize("form", ["raw", "json", "json-unicode", "repr", "ascii"])
+def test_each_written_form_of_a_secret_is_replaced_whole(secret: str, form: str) -> None:
+    written = dict(zip(["raw", "json", "json-unicode", "repr", "ascii"], secret_forms(secret), strict=True))[form]
+
+    assert redact(f"<{written}>", [secret]) == "<***>"
+
+
+def test_a_retry_line_names_an_error_without_a_short_cause_by_its_class() -> None:
+    assert short_cause(CoinStatsError("odd")) == "CoinStatsError"
+    assert short_cause(CoinStatsServerError(503, "x")) == "HTTP 503"
+
+
+@pytest.mark.parametrize(
+    ("length", "shown"),
+    [(300, "m" * 300), (301, "m" * 297 + "...")],
+)
+def test_a_message_is_cut_to_300_characters_only_beyond_them(length: int, shown: str) -> None:
+    assert redact("m" * length, ["unrelated-secret"]) == shown
+
+
+def test_a_secret_inside_a_longer_one_does_not_leave_the_rest_of_the_longer_one() -> None:
+    # Longest first: replacing "PASS" first would leave "MY***WORD", most of the longer secret.
+    assert redact("echo MYPASSWORD and PASS", ["PASS", "MYPASSWORD"]) == "echo *** and ***"

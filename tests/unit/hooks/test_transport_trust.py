@@ -10,12 +10,14 @@ import decimal
 import inspect
 import json
 import math
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import responses
 
@@ -149,6 +151,8 @@ SHORT_CONTENT_LENGTH = (
 CUT_CHUNKED = (
     b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n{"success": tr'
 )
+#: What the hook says about either cut body.
+CUT_PROBLEM = "a body cut off on the wire (ChunkedEncodingError)"
 CUT_ANSWERS = [pytest.param(SHORT_CONTENT_LENGTH, id="content-length"), pytest.param(CUT_CHUNKED, id="chunked")]
 
 
@@ -215,17 +219,21 @@ def assert_redirect_refused(
     assert err.retryable is False
     assert err.http_status == status
     assert hook.credits.spent == 0
+    assert err.path == path
     text = str(err)
-    assert str(status) in text
-    assert f"{method} {path}" in text
-    assert f"redirected to {second.url};" in text
+    assert text == (
+        f"CoinStats API error {status} on {path}: {method} {path} was redirected to {second.url}; redirects "
+        "are never followed, so the API key and the request body were not sent there. Set the host of "
+        f"connection '{TRUST_CONN_ID}' (now {first.url}) to the final base URL of the CoinStats API (without "
+        "the redirect), e.g. the https address the redirect points to if it is genuinely CoinStats."
+    )
     assert "/steal" not in text
     assert "leak-me" not in text
     assert f"Set the host of connection '{TRUST_CONN_ID}'" in text
     assert_no_canary(text, repr(err), err.__cause__, err.__context__)
 
 
-@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("status", [300, 301, 302, 307, 308])
 @pytest.mark.parametrize(("call", "method", "path"), SYNC_CALLS)
 def test_redirect_is_never_followed(
     redirect_pair: Callable[[int], tuple[RecordingServer, RecordingServer]],
@@ -246,7 +254,7 @@ def test_redirect_is_never_followed(
         assert json.loads(first.requests[0]["body"])["connectionFields"] == FIELDS
 
 
-@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("status", [300, 301, 302, 307, 308])
 async def test_async_redirect_is_never_followed(
     redirect_pair: Callable[[int], tuple[RecordingServer, RecordingServer]], status: int
 ) -> None:
@@ -265,17 +273,34 @@ async def test_async_redirect_is_never_followed(
         pytest.param("https://user:pw@evil.example:8443/a/b?key=1#f", "https://evil.example:8443", id="userinfo"),
         pytest.param("/other/path?x=1", "https://openapiv1.coinstats.app", id="relative"),
         pytest.param("https://[::1]:9/x", "https://[::1]:9", id="ipv6"),
-        pytest.param(None, "no Location header", id="missing"),
+        pytest.param(None, "an address not given (no Location header)", id="missing"),
+        pytest.param("  ", "an address not given (no Location header)", id="blank"),
         pytest.param("javascript:alert(1)", "an unreadable Location", id="not-http"),
+        pytest.param("ftp://evil.example/x", "an unreadable Location", id="ftp"),
+        pytest.param("http:///no-host", "an unreadable Location", id="no-host"),
         pytest.param("https://evil.example:notaport/", "an unreadable Location", id="bad-port"),
+        pytest.param("https://ev%il.example/", "an unreadable Location", id="odd-host"),
     ],
 )
 def test_redirect_target_shows_only_scheme_host_port(location: str | None, shown: str) -> None:
     target = redirect_target(location, BASE_URL + "/portfolio/status")
 
-    assert shown in target
+    assert target == shown
     for part in ("pw", "/a/b", "key=1", "/other", "alert"):
         assert part not in target
+
+
+def test_a_relative_redirect_names_the_configured_host(
+    rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_server(monkeypatch, BASE_URL)
+    rsps.get(STATUS_URL, status=302, headers={"Location": "/login?next=/portfolio/status"})
+    hook, _ = make_hook(TRUST_CONN_ID)
+
+    with pytest.raises(CoinStatsRedirectError, match=rf"redirected to {re.escape(BASE_URL)};"):
+        hook.get_portfolio_sync_status("pf-1")
+
+    assert len(rsps.calls) == 1
 
 
 def test_redirect_error_from_responses_mock(rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,8 +347,10 @@ def test_cut_sync_answer_is_sent_once(
     assert server.requests == ["PATCH /portfolio/sync?portfolioId=pf-1 HTTP/1.1"]
     assert hook.credits.spent == 30
     assert delays == []
-    assert "answered 200 with an unreadable body; the call succeeded" in logs.text
-    assert "body cut off" in logs.text
+    assert (
+        "CoinStats PATCH /portfolio/sync answered 200 with an unreadable body; the call succeeded, so it is not "
+        "sent (and paid for) again (body cut off: ChunkedEncodingError)"
+    ) in logs.messages
 
 
 @pytest.mark.parametrize("cut", CUT_ANSWERS)
@@ -342,12 +369,47 @@ def test_cut_connect_answer_raises_without_resending(
     assert hook.credits.spent == 10
     assert delays == []
     assert err.retryable is True  # a new Airflow try may reconnect on purpose; the hook itself never does
+    assert (err.status, err.problem, err.cause) == (200, CUT_PROBLEM, "body cut off: ChunkedEncodingError")
     text = str(err)
-    assert "accepted the connect" in text
-    assert "cut off" in text
-    assert "portfolio exists" in text
-    assert "'existing'" in text
+    assert text == (
+        f"CoinStats accepted the connect (POST /portfolio/exchange answered 200) but its answer was cut off or "
+        f"unreadable ({CUT_PROBLEM}), so the portfolioId is unknown. The portfolio exists on CoinStats; the "
+        "hook does not send a paid write twice. The task's next try (or a rerun) reconnects for 10 credits "
+        "and CoinStats answers 'existing' with the same portfolioId."
+    )
     assert_no_canary(text, repr(err), err.__cause__, err.__context__)
+
+
+@pytest.mark.parametrize(
+    ("cut", "status"),
+    [
+        pytest.param(SHORT_CONTENT_LENGTH, 200, id="200"),
+        pytest.param(SHORT_CONTENT_LENGTH.replace(b"200 OK", b"202 Accepted", 1), 202, id="202"),
+    ],
+)
+def test_a_cut_paid_write_says_it_was_served_billed_and_not_resent(
+    raw_server: Callable[[list[bytes]], RawServer], cut: bytes, status: int
+) -> None:
+    server = raw_server([cut, answer(200, b"{}")])
+    hook, delays = make_hook(TRUST_CONN_ID)
+
+    with pytest.raises(CoinStatsTruncatedAnswerError) as info:
+        hook.request("DELETE", "/portfolio/pf-1")
+
+    err = info.value
+    assert server.requests == ["DELETE /portfolio/pf-1 HTTP/1.1"]
+    assert delays == []
+    assert (err.status, err.problem, err.cause, err.retryable) == (
+        status,
+        CUT_PROBLEM,
+        "body cut off: ChunkedEncodingError",
+        False,
+    )
+    assert str(err) == (
+        f"CoinStats accepted DELETE /portfolio/pf-1 (answered {status}) but its answer was cut off or unreadable "
+        f"({CUT_PROBLEM}). The call was served and billed; it was not sent again automatically because it is "
+        "a paid write. Check its effect on CoinStats before rerunning the task."
+    )
 
 
 def test_malformed_connect_answer_is_not_resent(rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,7 +473,9 @@ async def test_async_cut_write_is_sent_once(raw_server: Callable[[list[bytes]], 
 
 
 @pytest.mark.parametrize("cut", CUT_ANSWERS)
-async def test_async_cut_read_is_retried(raw_server: Callable[[list[bytes]], RawServer], cut: bytes) -> None:
+async def test_async_cut_read_is_retried(
+    raw_server: Callable[[list[bytes]], RawServer], logs: pytest.LogCaptureFixture, cut: bytes
+) -> None:
     server = raw_server([cut, answer(200, b'{"status": "synced"}')])
     hook, delays = make_hook(TRUST_CONN_ID)
 
@@ -420,6 +484,83 @@ async def test_async_cut_read_is_retried(raw_server: Callable[[list[bytes]], Raw
     assert len(server.requests) == 2
     assert len(delays) == 1
     assert hook.credits.spent == 6
+    assert [message for message in logs.messages if "retry" in message] == [
+        f"CoinStats GET /portfolio/status failed (body cut off: RemoteProtocolError); retry 1 of 2 in {delays[0]:.1f} s"
+    ]
+
+
+#: A 503 asking for a 7-second wait, whose body announces 100 bytes and is cut after 10.
+CUT_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 7\r\n"
+    b"Content-Length: 100\r\n\r\n" + b'{"message"'
+)
+
+
+def test_a_503_whose_body_is_cut_is_retried_after_its_retry_after(
+    raw_server: Callable[[list[bytes]], RawServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = raw_server([CUT_503, answer(200, b'{"status": "synced"}')])
+    use_server(monkeypatch, server.url, backoff_max=60)
+    hook, delays = make_hook(TRUST_CONN_ID)
+
+    assert hook.get_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert len(server.requests) == 2
+    assert delays == [7.0]
+
+
+async def test_async_a_503_whose_body_is_cut_is_retried_after_its_retry_after(
+    raw_server: Callable[[list[bytes]], RawServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = raw_server([CUT_503, answer(200, b'{"status": "synced"}')])
+    use_server(monkeypatch, server.url, backoff_max=60)
+    hook, delays = make_hook(TRUST_CONN_ID)
+
+    assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+
+    assert len(server.requests) == 2
+    assert delays == [7.0]
+
+
+@pytest.mark.parametrize("cut", CUT_ANSWERS)
+async def test_async_cut_write_is_sent_again_only_when_the_caller_allows_it(
+    raw_server: Callable[[list[bytes]], RawServer], cut: bytes
+) -> None:
+    server = raw_server([cut, answer(200, b'{"success": true}')])
+    hook, delays = make_hook(TRUST_CONN_ID)
+
+    data = await hook.arequest("PATCH", "/portfolio/sync", params={"portfolioId": "pf-1"}, resend_after_2xx=True)
+
+    assert data == {"success": True}
+    assert len(server.requests) == 2
+    assert len(delays) == 1
+    assert hook.credits.spent == 60
+
+
+@pytest.mark.parametrize("error", [httpx.ReadError("closed"), OSError("reset")], ids=["httpx", "os"])
+async def test_async_an_error_closing_the_answer_does_not_lose_it(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    original = httpx.Response.aclose
+
+    async def failing_close(self: httpx.Response) -> None:
+        # httpx closes the response itself once the body is read; the hook's own close comes after.
+        if self.is_closed:
+            raise error
+        await original(self)
+
+    server = RecordingServer((200, {"Content-Type": "application/json"}, b'{"status": "synced"}'))
+    try:
+        use_server(monkeypatch, server.url)
+        monkeypatch.setattr(httpx.Response, "aclose", failing_close)
+        hook, delays = make_hook(TRUST_CONN_ID)
+
+        assert await hook.aget_portfolio_sync_status("pf-1") is SyncStatus.SYNCED
+    finally:
+        server.close()
+
+    assert len(server.requests) == 1
+    assert delays == []
 
 
 def test_request_signature_marks_writes() -> None:
@@ -497,11 +638,14 @@ async def test_async_exact_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     server = RecordingServer((200, {"Content-Type": "application/json"}, EXACT_BODY.encode()))
     try:
         use_server(monkeypatch, server.url)
-        data = await make_hook(TRUST_CONN_ID)[0].arequest(
-            "GET", "/portfolio/status", params={"portfolioId": "pf-1"}, exact_numbers=True
-        )
+        hook = make_hook(TRUST_CONN_ID)[0]
+        data = await hook.arequest("GET", "/portfolio/status", params={"portfolioId": "pf-1"}, exact_numbers=True)
+        default = await hook.arequest("GET", "/portfolio/status", params={"portfolioId": "pf-1"})
     finally:
         server.close()
 
     assert data["amount"] == decimal.Decimal("0.123456789012345678")
     assert data["huge"].is_finite()
+    # Without exact_numbers, floats as json.loads gives them (the trigger's status answers need no more).
+    assert type(default["amount"]) is float
+    assert default["huge"] == math.inf

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,7 +22,7 @@ from coinstats_provider.warehouse.loader import CoinStatsWarehouse
 from coinstats_provider.warehouse.schema import TABLES
 from coinstats_provider.warehouse.transform import TransactionKeyer, coin_rows, transaction_rows, value_row
 from tests.helpers.postgres_server import PostgresServer
-from tests.helpers.warehouse import count_rows, staged_batches
+from tests.helpers.warehouse import count_rows, record_locks, staged_batches
 
 ROOT = Path(__file__).resolve().parents[3]
 PORTFOLIO = "pf-main"
@@ -239,8 +239,31 @@ def test_upsert_portfolio_updates_only_given_columns(wh: CoinStatsWarehouse) -> 
     )
     wh.upsert_portfolio({"portfolio_id": PORTFOLIO, "last_connect_status": "synced", "updated_at": "2025-01-01"})
     assert wh.fetch_table(PORTFOLIOS) == [(PORTFOLIO, "c1", "kucoin", "A", "synced", "2025-01-01", *[None] * 5)]
-    with pytest.raises(ValueError, match="portfolio_id"):
+    with pytest.raises(ValueError, match=r"^portfolio row needs a portfolio_id$"):
         wh.upsert_portfolio({"portfolio_name": "B"})
+    with pytest.raises(ValueError, match=r"^coinstats_portfolios row #0 has unknown columns \['colour'\]$"):
+        wh.upsert_portfolio({"portfolio_id": PORTFOLIO, "colour": "red"})
+
+
+def test_upsert_portfolio_stamps_updated_at_when_not_given(wh: CoinStatsWarehouse) -> None:
+    before = datetime.now(UTC).isoformat()
+
+    wh.upsert_portfolio({"portfolio_id": PORTFOLIO, "portfolio_name": "A"})
+
+    (row,) = wh.fetch_table(PORTFOLIOS)
+    stamped = row[TABLES[PORTFOLIOS].column_names.index("updated_at")]
+    assert before <= stamped <= datetime.now(UTC).isoformat()
+
+
+def test_a_schema_change_takes_the_schema_lock(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tasks creating or migrating the tables at once serialise on one lock (PostgreSQL advisory lock)."""
+    warehouse = backend.warehouse()
+    taken = record_locks(warehouse, monkeypatch)
+
+    warehouse.ensure_schema()
+    warehouse.ensure_schema()  # current: no transaction, no lock
+
+    assert taken == [("coinstats_warehouse_schema",)]
 
 
 # -- atomicity -----------------------------------------------------------------------------------

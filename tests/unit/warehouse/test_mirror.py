@@ -7,11 +7,12 @@ Every scenario runs on SQLite and on a real PostgreSQL server (``backend`` fixtu
 from __future__ import annotations
 
 import copy
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -24,9 +25,16 @@ import tests.unit.operators.test_load as load_operator_tests
 import tests.unit.warehouse.test_loader as warehouse_tests
 from coinstats_provider.pipeline import format_summary, summarize
 from coinstats_provider.warehouse.loader import CoinStatsWarehouse, ReconcileResult
-from coinstats_provider.warehouse.schema import TABLES
-from coinstats_provider.warehouse.transform import InvalidItemError, TransactionKeyer, coin_rows, transaction_rows
-from tests.helpers.warehouse import count_rows, staged_batches
+from coinstats_provider.warehouse.schema import CHART_TABLE, TABLES
+from coinstats_provider.warehouse.sync_state import SyncState
+from coinstats_provider.warehouse.transform import (
+    InvalidItemError,
+    TransactionKeyer,
+    chart_rows,
+    coin_rows,
+    transaction_rows,
+)
+from tests.helpers.warehouse import count_rows, record_locks, staged_batches
 from tests.unit.operators.test_load import TXNS_URL, Pages
 from tests.unit.operators.test_load import run as run_load
 from tests.unit.warehouse.test_loader import Backend, expected
@@ -45,6 +53,7 @@ DAY = date(2025, 3, 14)
 TXNS = "coinstats_portfolio_transactions"
 REMOVED = "coinstats_portfolio_transactions_removed"
 COINS: Final = "coinstats_portfolio_coins"
+CHART: Final = CHART_TABLE
 TOKEN = Decimal("1234.123456789012345678")
 SECRET_MARKER = "do-not-leak-7f3a"
 
@@ -208,9 +217,47 @@ def test_repeated_key_is_refused_without_changes(wh: CoinStatsWarehouse) -> None
     before = wh.fetch_table(TXNS)
     rows = rows_of([txn(7), txn(8)])
     rows[1]["transaction_key"] = rows[0]["transaction_key"]
-    with pytest.raises(ValueError, match=r"repeats 1 transaction_key value\(s\).*Nothing was changed"):
+    with pytest.raises(ValueError) as info:
         wh.reconcile_transactions(PID, rows)
+    assert str(info.value) == (
+        f"the transaction stream of portfolio {PID} repeats 1 transaction_key value(s); each transaction needs a "
+        "unique key (use one TransactionKeyer per stream). Nothing was changed."
+    )
     assert wh.fetch_table(TXNS) == before
+
+
+def test_a_row_with_an_unknown_column_is_named_by_its_position(wh: CoinStatsWarehouse) -> None:
+    rows = rows_of([txn(1), txn(2)])
+    rows[1]["colour"] = "red"
+
+    with pytest.raises(ValueError, match=rf"^{TXNS} row #1 has unknown columns \['colour'\]$"):
+        wh.reconcile_transactions(PID, rows)
+    assert table(wh) == []
+
+
+def test_a_loaded_at_the_row_sets_is_kept_and_a_missing_one_is_stamped(wh: CoinStatsWarehouse) -> None:
+    rows = rows_of([txn(1), txn(2)])
+    rows[0]["loaded_at"] = "2020-01-01T00:00:00+00:00"
+
+    wh.reconcile_transactions(PID, rows)
+
+    stamps = {row[1]: row[-1] for row in wh.fetch_table(TXNS)}
+    assert stamps[rows[0]["transaction_key"]] == "2020-01-01T00:00:00+00:00"
+    assert stamps[rows[1]["transaction_key"]].startswith("20")
+    assert stamps[rows[1]["transaction_key"]] > "2025"
+
+
+def test_transactions_since_returns_the_keys_and_dates_from_that_moment_on(wh: CoinStatsWarehouse) -> None:
+    items = [txn(i) for i in range(30)]  # hourly from 2024-01-01T00:00Z
+    load(wh, items)
+    keys = [row["transaction_key"] for row in rows_of(items)]
+    since = datetime(2024, 1, 1, 20, tzinfo=UTC)
+
+    found = wh.transactions_since(PID, since)
+
+    # 20:00 itself is included; each value is the parsed, aware date.
+    assert found == {keys[i]: datetime(2024, 1, 1 + i // 24, i % 24, tzinfo=UTC) for i in range(20, 30)}
+    assert wh.transactions_since(OTHER, since) == {}
 
 
 # -- exact numbers ---------------------------------------------------------------------------------
@@ -529,3 +576,86 @@ def test_four_parallel_loads_with_ten_second_stalls_all_succeed(backend: Backend
     for pid in portfolios:
         assert changes(results[pid]) == (100, 0, 1)
         assert [row for row in table(wh) if row[0] == pid] == expected(TXNS, rows_of(streams[pid], pid))
+
+
+# -- merge: an incremental read inserts and updates, never deletes ---------------------------------
+
+
+def test_merge_inserts_new_updates_changed_and_keeps_rows_absent_from_the_stream(wh: CoinStatsWarehouse) -> None:
+    items = [txn(i) for i in range(10)]
+    load(wh, items)
+    edited = copy.deepcopy(items[3])
+    edited["note"] = "moved to cold wallet"
+    recent = [edited, txn(10), txn(11)]
+    state = SyncState(PID, last_mode="incremental", currency="USD", newest_key="k-11", last_run_at="2026-01-02")
+
+    result = wh.merge_transactions(PID, transaction_rows(PID, recent, TransactionKeyer()), state=lambda: state)
+
+    assert (changes(result), result.total) == ((2, 1, 0), 3)
+    assert table(wh) == expected(TXNS, rows_of([*items[:3], edited, *items[4:], txn(10), txn(11)]))
+    assert count_rows(wh, REMOVED) == 0
+    # Committed with the rows; columns the state leaves empty read back as None, not as text.
+    assert wh.sync_state(PID) == state
+    assert wh.sync_state(OTHER) is None
+
+
+def test_merge_with_another_portfolios_state_or_a_broken_stream_changes_nothing(wh: CoinStatsWarehouse) -> None:
+    load(wh, [txn(i) for i in range(5)])
+    before = table(wh)
+    rows = rows_of([txn(i) for i in range(5, 8)])
+
+    with pytest.raises(ValueError, match=r"^the sync state belongs to another portfolio than the rows$"):
+        wh.merge_transactions(PID, rows, state=lambda: SyncState(OTHER, last_mode="incremental"))
+    with pytest.raises(RuntimeError, match="page 3"):
+        wh.merge_transactions(PID, failing(rows, after=2), state=lambda: SyncState(PID, last_mode="incremental"))
+
+    assert table(wh) == before
+    assert wh.sync_state(PID) is None
+
+
+@pytest.mark.parametrize(
+    ("write", "lock", "line"),
+    [
+        pytest.param(
+            lambda wh: wh.reconcile_transactions(PID, rows_of([txn(1), txn(2)])),
+            (TXNS, PID),
+            f"Transactions of portfolio {PID} (full reconcile): 2 in stream, 2 inserted, 0 updated, 0 removed",
+            id="reconcile",
+        ),
+        pytest.param(
+            lambda wh: wh.merge_transactions(PID, rows_of([txn(1), txn(2)])),
+            (TXNS, PID),
+            f"Transactions of portfolio {PID} (merge, no deletes): 2 in stream, 2 inserted, 0 updated, 0 removed",
+            id="merge",
+        ),
+        pytest.param(
+            lambda wh: wh.replace_snapshot(COINS, PID, DAY, warehouse_tests.snapshot_rows(3, portfolio=PID, day=DAY)),
+            (COINS, PID, DAY.isoformat()),
+            f"Replaced {COINS} snapshot {DAY.isoformat()} of portfolio {PID}: 3 rows",
+            id="snapshot",
+        ),
+        pytest.param(
+            lambda wh: wh.upsert_history(CHART, PID, chart_rows(PID, "all", [[1755864000, 1, 2, 3]])),
+            (CHART, PID),
+            f"Upserted 1 {CHART} rows of portfolio {PID}",
+            id="history",
+        ),
+    ],
+)
+def test_each_write_locks_only_its_own_target_and_says_what_it_wrote(
+    wh: CoinStatsWarehouse,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    write: Any,
+    lock: tuple[str, ...],
+    line: str,
+) -> None:
+    """Concurrent loads of other portfolios, tables or days must not wait on each other (PostgreSQL
+    advisory lock on exactly these values); the log line is the load's record in the task log."""
+    taken = record_locks(wh, monkeypatch)
+    caplog.set_level(logging.INFO, logger="coinstats_provider.warehouse.loader")
+
+    write(wh)
+
+    assert taken == [lock]
+    assert line in [r.getMessage() for r in caplog.records if r.name == "coinstats_provider.warehouse.loader"]
