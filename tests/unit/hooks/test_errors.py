@@ -561,9 +561,9 @@ def test_a_nested_message_is_flattened_in_order_with_its_separators() -> None:
     assert err.api_message == "first; field: a; 1; other: None; 2.5"
 
 
-def nested(depth: int) -> Any:
-    """A message nested ``depth`` lists deep around the text ``core``."""
-    value: Any = "core"
+def nested(depth: int, core: Any = "core") -> Any:
+    """A message nested ``depth`` lists deep around ``core``."""
+    value = core
     for _ in range(depth):
         value = [value]
     return value
@@ -581,10 +581,7 @@ def test_nesting_deeper_than_eight_levels_is_cut(depth: int, shown: str) -> None
 
 @pytest.mark.parametrize(("depth", "shown"), [(7, "key: v"), (8, "...: ...")])
 def test_nesting_is_counted_for_keys_and_values_alike(depth: int, shown: str) -> None:
-    message: Any = {"key": "v"}
-    for _ in range(depth):
-        message = [message]
-    body = json.dumps({"message": message}).encode()
+    body = json.dumps({"message": nested(depth, {"key": "v"})}).encode()
 
     assert error_from_response(400, body, "/portfolio/coins", (), "cs").api_message == shown
 

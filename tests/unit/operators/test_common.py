@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,9 @@ def test_an_unreadable_credit_budget_is_quoted_cut_to_40_characters() -> None:
 
 
 def test_credits_line_without_a_breakdown_ends_at_the_figure(caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-
-    from coinstats_provider.operators._common import log_credits_spent
-
     caplog.set_level(logging.INFO)
-    log_credits_spent(logging.getLogger("coinstats.test"), 16)
-    log_credits_spent(logging.getLogger("coinstats.test"), 30, " (%d by earlier tries)", 12)
+    _common.log_credits_spent(logging.getLogger("coinstats.test"), 16)
+    _common.log_credits_spent(logging.getLogger("coinstats.test"), 30, " (%d by earlier tries)", 12)
 
     assert [r.getMessage() for r in caplog.records] == [
         "CoinStats credits spent by this task: 16",
